@@ -1,0 +1,60 @@
+"""Settings from the environment (prefix ``MEDTUNE_``) and the providers' usual key variables.
+
+API keys are :class:`~pydantic.SecretStr`: their repr is ``**********``, so a settings object can be logged,
+pickled into a cache or shown in an error without leaking a key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MedtuneSettings(BaseSettings):
+    """Where medtune keeps its files, and the credentials and endpoints of remote services."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDTUNE_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".medtune",
+        description="Materialised models, results, caches. Shared by the workers of one machine.",
+    )
+    result_storage: str | None = Field(
+        default=None,
+        description="Prefect result storage block slug (e.g. 's3-bucket/medtune-results') shared by all workers; "
+        "unset: a local folder under MEDTUNE_HOME.",
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MEDTUNE_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MEDTUNE_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    deepseek_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MEDTUNE_DEEPSEEK_API_KEY", "DEEPSEEK_API_KEY")
+    )
+    dashscope_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MEDTUNE_DASHSCOPE_API_KEY", "DASHSCOPE_API_KEY")
+    )
+    zhipu_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MEDTUNE_ZHIPU_API_KEY", "ZHIPUAI_API_KEY", "ZHIPU_API_KEY")
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.home / "results"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+def get_settings() -> MedtuneSettings:
+    """The settings as the environment says now (cheap; read anew so tests and workers see changes)."""
+    return MedtuneSettings()

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over ``medtune_core`` that add caching, retries, tags and artifacts."""

@@ -1,0 +1,46 @@
+"""``medtune_task``: Prefect's ``@task`` with medtune's defaults for caching, persistence and retries.
+
+Every cached task persists its result (Prefect only caches persisted results) to the result storage the
+process was configured with (see :mod:`tasks.prefect_env`), keys on content (:data:`CONTENT_AWARE`) and
+picks a retry preset by the kind of work it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.caching import CONTENT_AWARE
+from tasks.retries import GPU_RETRIES, NETWORK_RETRIES, NO_RETRIES
+
+F = TypeVar("F", bound=Callable[..., Any])
+RetryPreset = Literal["none", "network", "gpu"]
+PRESETS = {"none": NO_RETRIES, "network": NETWORK_RETRIES, "gpu": GPU_RETRIES}
+
+
+def medtune_task(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPreset = "none",
+    cache: bool = True,
+    tags: Iterable[str] = (),
+    **task_kwargs: Any,
+) -> Any:
+    """Decorate a task function; usable bare (``@medtune_task``) or with options."""
+
+    def decorate(func: F) -> Any:
+        options: dict[str, Any] = dict(PRESETS[retry])
+        options.update(
+            name=name or func.__name__.replace("_", "-"),
+            cache_policy=CONTENT_AWARE if cache else NO_CACHE,
+            persist_result=cache,
+            tags=set(tags) | ({"gpu"} if retry == "gpu" else set()),
+        )
+        options.update(task_kwargs)
+        return task(func, **options)
+
+    return decorate(fn) if fn is not None else decorate
