@@ -26,6 +26,11 @@ class MedtuneSettings(BaseSettings):
         description="Prefect result storage block slug (e.g. 's3-bucket/medtune-results') shared by all workers; "
         "unset: a local folder under MEDTUNE_HOME.",
     )
+    models_dir_override: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MEDTUNE_MODELS_DIR"),
+        description="Where embedded models are materialised (default MEDTUNE_HOME/models).",
+    )
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("MEDTUNE_OPENAI_BASE_URL", "OPENAI_BASE_URL")
     )
@@ -44,7 +49,7 @@ class MedtuneSettings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.models_dir_override or self.home / "models"
 
     @property
     def results_dir(self) -> Path:

@@ -44,3 +44,25 @@ def medtune_task(
         return task(func, **options)
 
     return decorate(fn) if fn is not None else decorate
+
+
+def outputs_current(result: Any) -> bool:
+    """Whether every manifest inside a task result still matches the file it describes."""
+    from medtune_core.dataio import Manifest
+
+    if isinstance(result, Manifest):
+        return result.is_current()
+    if isinstance(result, dict):
+        return all(outputs_current(v) for v in result.values())
+    if isinstance(result, (list, tuple)):
+        return all(outputs_current(v) for v in result)
+    return True
+
+
+def call_fresh(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a cached task; if the cached result names output files that were deleted or changed since,
+    run it again (a cache hit must never hand back a manifest of a file that is no longer there)."""
+    result = task_obj(*args, **kwargs)
+    if not outputs_current(result):
+        result = task_obj.with_options(refresh_cache=True)(*args, **kwargs)
+    return result

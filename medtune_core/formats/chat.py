@@ -72,10 +72,14 @@ class AlpacaFormat(RecordFormat):
             extra[HINT_PREFIX + "alpaca_input"] = raw_input
         elif "input" not in row:
             extra[HINT_PREFIX + "alpaca_no_input"] = True
+        else:
+            extra[HINT_PREFIX + "alpaca_input"] = raw_input
         output = row.get("output")
         assistant = _as_content(output, "output")
         if isinstance(output, (dict, list)):
             extra[HINT_PREFIX + "alpaca_output"] = output
+        else:
+            extra[HINT_PREFIX + "alpaca_output_text"] = True
         messages: list[Message] = []
         if row.get("system") is not None:
             messages.append(Message("system", require_text(row["system"], "system")))
@@ -98,21 +102,53 @@ class AlpacaFormat(RecordFormat):
         if record.system is not None:
             row["system"] = record.system
         user, assistant = turns[-2].content, turns[-1].content
-        instruction, inp = user, ""
-        hint = record.extra.get(HINT_PREFIX + "alpaca_input")
-        if hint not in (None, "", {}, []):
-            rendered = "\n" + _as_content(hint, "input")
-            if user.endswith(rendered):
-                instruction, inp = user[: -len(rendered)], hint
+        instruction, inp = _split_alpaca_user(user, record.extra)
         row["instruction"] = instruction
         if not record.extra.get(HINT_PREFIX + "alpaca_no_input"):
             row["input"] = inp
-        out_hint = record.extra.get(HINT_PREFIX + "alpaca_output")
-        row["output"] = out_hint if out_hint is not None and _as_content(out_hint, "output") == assistant else assistant
+        row["output"] = _alpaca_output(assistant, record.extra)
         if len(turns) > 2:
             row["history"] = [[turns[i].content, turns[i + 1].content] for i in range(0, len(turns) - 2, 2)]
         row.update(public_extra(record.extra))
         return row
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """``text`` parsed as a JSON object, or None (structured alpaca fields travel as JSON text in chat)."""
+    text = text.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _split_alpaca_user(user: str, extra: dict[str, Any]) -> tuple[str, Any]:
+    """Recover (instruction, input) from a user turn: exactly from the parse hint, else a trailing JSON object."""
+    hint = extra.get(HINT_PREFIX + "alpaca_input")
+    if hint not in (None, "", {}, []):
+        rendered = "\n" + _as_content(hint, "input")
+        if user.endswith(rendered):
+            return user[: -len(rendered)], hint
+    elif HINT_PREFIX + "alpaca_input" not in extra and "\n" in user:
+        head, tail = user.rsplit("\n", 1)
+        obj = _json_object(tail)
+        if obj is not None and head.strip():
+            return head, obj
+    return user, ""
+
+
+def _alpaca_output(assistant: str, extra: dict[str, Any]) -> Any:
+    """The output field: the parsed object when the source had one (or, coming from chat, the text is one)."""
+    hint = extra.get(HINT_PREFIX + "alpaca_output")
+    if hint is not None and _as_content(hint, "output") == assistant:
+        return hint
+    if extra.get(HINT_PREFIX + "alpaca_output_text"):
+        return assistant
+    obj = _json_object(assistant)
+    return obj if obj is not None else assistant
 
 
 @register

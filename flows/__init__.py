@@ -1,0 +1,1 @@
+"""Prefect flows, one module per flow, and the ``medtune`` command line."""

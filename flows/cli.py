@@ -1,0 +1,234 @@
+"""The ``medtune`` command line: validate and convert data, manage embedded models, run flows.
+
+``medtune run FLOW`` validates the YAML recipe plus ``--set`` overrides against the flow's parameter
+model before anything runs, runs the flow on the ephemeral Prefect server (or the one ``PREFECT_API_URL``
+names) and prints, as its last line, one JSON object naming the run, its state and its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from medtune_core.errors import MedtuneError
+
+app = typer.Typer(help="medtune: fine-tuning factory for medical language models.", no_args_is_help=True)
+models_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+log = logging.getLogger("medtune")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Dataset files to check.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="Format name; default: detect.")] = None,
+    policy: Annotated[str, typer.Option(help="strict: stop at the first bad row; skip: count bad rows.")] = "strict",
+    rejects: Annotated[
+        Path | None, typer.Option(help="With --policy skip: write bad rows here (one file per input: suffixed).")
+    ] = None,
+) -> None:
+    """Check every row of each file; prints ``FILE: N rows, format F``."""
+    from medtune_core.dataio import DatasetReader, Policy
+
+    pol = Policy(policy)
+    for i, path in enumerate(files):
+        rejects_path = None
+        if rejects is not None and pol is Policy.SKIP:
+            rejects_path = rejects if len(files) == 1 else rejects.with_name(f"{rejects.stem}.{i}{rejects.suffix}")
+        try:
+            reader = DatasetReader(path, fmt, policy=pol, rejects_path=rejects_path)
+            for _ in reader:
+                pass
+        except (MedtuneError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        line = f"{path}: {reader.stats.rows} rows, format {reader.format.name}"
+        if pol is Policy.SKIP:
+            line += f", {reader.stats.rejected} rejected"
+            if rejects_path is not None:
+                line += f" (rejects: {rejects_path})"
+        typer.echo(line)
+        for reason, count in reader.stats.reasons.most_common(5):
+            typer.echo(f"  {count} × {reason}")
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Input dataset.")],
+    dst: Annotated[Path, typer.Argument(help="Output file (written atomically, with a manifest).")],
+    to: Annotated[str, typer.Option("--to", help="Target format name (see `medtune formats`).")],
+    src_format: Annotated[str | None, typer.Option("--from", help="Input format; default: detect.")] = None,
+    policy: Annotated[str, typer.Option(help="strict or skip (bad rows go to OUT.rejects.jsonl).")] = "strict",
+) -> None:
+    """Convert a dataset into another format through the canonical record."""
+    from medtune_core.dataio import convert_file
+
+    try:
+        manifest = convert_file(src, dst, to, src_format=src_format, policy=policy)
+    except (MedtuneError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    line = f"{dst}: {manifest.rows} rows, format {manifest.format} (from {src})"
+    if manifest.rejects:
+        line += f", {manifest.rejects['count']} rejected (rejects: {manifest.rejects['path']})"
+    typer.echo(line)
+
+
+@app.command()
+def formats() -> None:
+    """List the record formats medtune reads and writes."""
+    from medtune_core.formats import FORMATS
+
+    for fmt in sorted(FORMATS.values(), key=lambda f: (f.kind.value, f.name)):
+        typer.echo(f"{fmt.name:22} {fmt.kind.value:11} {fmt.description}")
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the embedded models and whether they are materialised."""
+    from medtune_core.models.registry import EMBEDDED, embedded_dir, is_materialized
+
+    for model in EMBEDDED.values():
+        state = "ready" if is_materialized(model.name) else "not materialised"
+        where = "(in package)" if model.in_place else str(embedded_dir(model.name))
+        typer.echo(f"embedded:{model.name:24} {model.kind:20} {state:17} {where}")
+        typer.echo(f"    {model.description}")
+
+
+@models_app.command("materialize")
+def models_materialize(
+    names: Annotated[list[str] | None, typer.Argument(help="Embedded model names; default: all.")] = None,
+) -> None:
+    """Materialise embedded models into MEDTUNE_HOME (once; safe to run from several workers)."""
+    from medtune_core.models.registry import EMBEDDED, materialize
+
+    for name in names or list(EMBEDDED):
+        try:
+            typer.echo(f"embedded:{name}: {materialize(name.removeprefix('embedded:'))}")
+        except MedtuneError as exc:
+            _fail(str(exc))
+
+
+# ---------------------------------------------------------------------------------------------- flows
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``a.b=value`` pairs → nested dict; values are parsed as YAML (``3`` int, ``[a, b]`` list, ``x`` str)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise MedtuneError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = result
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MedtuneError(f"--set {pair!r}: {part} is not a mapping")
+        node[leaf] = value
+    return result
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_params(model: Any, config: Path | None, overrides: list[str]) -> Any:
+    """Validate a recipe plus overrides against a flow's parameter model; raise with every problem listed."""
+    from pydantic import ValidationError
+
+    data: dict[str, Any] = {}
+    if config is not None:
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise MedtuneError(f"{config}: expected a mapping of parameters at the top level")
+        data = loaded.get("params", loaded)
+    data = deep_merge(data, parse_overrides(overrides))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        where = str(config) if config else "parameters"
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise MedtuneError(f"{where}: {problems}") from None
+
+
+@app.command()
+def flows() -> None:
+    """List the flows ``medtune run`` can start."""
+    from flows.registry import FLOWS
+
+    for spec in FLOWS.values():
+        typer.echo(f"{spec.name:22} {spec.description}")
+
+
+@app.command()
+def run(
+    flow_name: Annotated[str, typer.Argument(metavar="FLOW", help="Flow name (see `medtune flows`).")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML recipe of parameters.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a parameter: dotted.key=value (repeatable).")
+    ] = None,
+) -> None:
+    """Run a flow; the last line printed is ``{"flow", "flow_run_id", "state", "outputs"}`` as JSON."""
+    from flows.registry import load_flow
+
+    try:
+        flow_obj, model = load_flow(flow_name)
+        params = build_params(model, config, overrides or [])
+    except MedtuneError as exc:
+        _fail(str(exc), code=2)
+    state = flow_obj(params=params, return_state=True)
+    outputs: Any = {}
+    error = None
+    if state.is_completed():
+        outputs = state.result(raise_on_failure=False)
+    else:
+        error = state.message
+    summary = {
+        "flow": flow_name,
+        "flow_run_id": str(state.state_details.flow_run_id),
+        "state": state.type.value,
+        "outputs": outputs,
+    }
+    if error:
+        summary["error"] = error
+    sys.stdout.flush()
+    typer.echo(json.dumps(summary, ensure_ascii=False, default=str))
+    if not state.is_completed():
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: configure Prefect's result storage before Prefect is imported, then dispatch."""
+    from tasks.prefect_env import apply_prefect_defaults
+
+    apply_prefect_defaults()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()
