@@ -221,6 +221,28 @@ def run(
         raise typer.Exit(1)
 
 
+#: Command groups that live in their flow's own CLI module (kept light: heavy imports inside commands).
+SUBAPPS = {
+    "bailian": ("flows.cli_bailian", "Bailian (Alibaba Cloud Model Studio): convert, split, estimate, upload, jobs.")
+}
+
+
+def _mount_subapps() -> None:
+    import importlib
+
+    for name, (module, help_text) in SUBAPPS.items():
+        try:
+            sub = importlib.import_module(module).app
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(sub, name=name, help=help_text)
+
+
+_mount_subapps()
+
+
 def main() -> None:
     """Entry point: configure Prefect's result storage before Prefect is imported, then dispatch."""
     from tasks.prefect_env import apply_prefect_defaults
