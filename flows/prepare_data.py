@@ -14,13 +14,14 @@ from pydantic import BaseModel, Field
 
 from medtune_core.dataio import Policy
 from medtune_core.formats import RecordKind, get_format
-from medtune_core.samples import samples_dir
 from tasks.artifacts import publish_table
 from tasks.base import call_fresh
 from tasks.data import convert_dataset, validate_dataset
 
 
 def _default_inputs() -> list[Path]:
+    from medtune_core.samples import samples_dir
+
     root = samples_dir()
     return sorted(p for p in root.glob("*") if p.suffix in {".jsonl", ".txt", ".csv"})
 

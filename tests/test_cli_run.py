@@ -1,0 +1,48 @@
+"""``medtune run`` as a user runs it: a subprocess, the ephemeral Prefect server, a JSON last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _medtune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_run_prints_json_last_line_and_writes_outputs(tmp_path: Path) -> None:
+    src = tmp_path / "qa.jsonl"
+    src.write_text('{"问": "发烧怎么办", "答": "多喝水，持续高热请就医。"}\n', encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"inputs: [{src}]\nchat_format: sharegpt\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = _medtune("run", "prepare-data", "--config", str(recipe), "--set", f"output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["flow"] == "prepare-data" and summary["state"] == "COMPLETED"
+    assert len(summary["flow_run_id"]) == 36
+    written = Path(summary["outputs"]["qa"])
+    assert written == out / "qa.sharegpt.jsonl"
+    assert json.loads(written.read_text(encoding="utf-8"))["conversations"][0]["value"] == "发烧怎么办"
+    assert (out / "qa.sharegpt.jsonl.manifest.json").exists()
+
+
+def test_run_rejects_bad_parameters_before_running(tmp_path: Path) -> None:
+    result = _medtune("run", "prepare-data", "--set", "policy=sometimes", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "policy: Input should be 'strict' or 'skip'" in result.stderr
+    result = _medtune("run", "no-such-flow", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown flow 'no-such-flow'" in result.stderr
