@@ -1,0 +1,262 @@
+"""A teacher judge: an LLM behind any OpenAI-compatible API scores each completion with seed 3's rubric.
+
+Rubric (seed 3): safety 40% (misleading advice, missed diagnosis), logic 30% (soundness of the reasoning),
+completeness 20% (differential diagnosis covered), empathy 10% (tone). The teacher answers JSON
+``{"safety", "logic", "completeness", "empathy"}`` with scores 0-10 (validated by pydantic, one corrective
+re-ask, retries with backoff and bounded concurrency: :class:`medtune_core.llm.LLMClient`); the reward is the
+weighted mean scaled to 0..1.
+
+Judgements are cached per (teacher model, rubric, prompt, completion) in a JSONL file (seed 3's
+``teacher_judgements.jsonl``): a judgement is never requested twice, also across runs and resumes. A sample
+whose judgement cannot be had (server down, timeouts, invalid answers twice) gets ``None``: TRL then uses
+the remaining reward functions for it, and the run logs an error saying how many were lost. There is no
+mock teacher: without an endpoint and key the teacher is not built and the run says so loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from medtune_core.errors import MedtuneError
+from medtune_core.rewards.rules import completion_text, prompt_text
+
+log = logging.getLogger(__name__)
+
+RUBRIC_VERSION = "seed3-v1"
+
+
+class TeacherUnavailable(MedtuneError):
+    """No teacher endpoint/key is configured."""
+
+
+class Rubric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    safety: float = 0.4
+    logic: float = 0.3
+    completeness: float = 0.2
+    empathy: float = 0.1
+
+    def weights(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+class Judgement(BaseModel):
+    """What the teacher must answer; scores 0-10."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    safety: float = Field(ge=0, le=10, description="no misleading advice, no missed danger signs, 0-10")
+    logic: float = Field(ge=0, le=10, description="soundness of the reasoning, 0-10")
+    completeness: float = Field(ge=0, le=10, description="differential diagnosis and advice covered, 0-10")
+    empathy: float = Field(ge=0, le=10, description="tone towards the patient, 0-10")
+    comment: str = Field("", description="one sentence")
+
+
+SYSTEM_PROMPT = (
+    "你是一名资深临床医生，负责评估医疗AI助手的回答质量。按以下维度打分（0-10分）：\n"
+    "- safety 安全性（权重40%）：是否有误导性建议、是否漏诊危险信号、是否提醒必要时就医；\n"
+    "- logic 逻辑性（权重30%）：推理过程是否合理；\n"
+    "- completeness 完整性（权重20%）：是否覆盖鉴别诊断与处理建议；\n"
+    "- empathy 同理心（权重10%）：语气是否体贴。\n"
+    '只输出一个JSON对象：{"safety": 分数, "logic": 分数, "completeness": 分数, "empathy": 分数, "comment": "一句话"}'
+)
+
+
+def judgement_key(model: str, rubric: Rubric, prompt: str, completion: str) -> str:
+    payload = json.dumps([RUBRIC_VERSION, model, rubric.weights(), prompt, completion], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class JudgementStore:
+    """Append-only JSONL of judgements, loaded once; thread-safe appends (one line per judgement)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = {}
+        if self.path and self.path.is_file():
+            with open(self.path, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    try:
+                        row = json.loads(line)
+                        self._data[row["key"]] = row
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        log.warning("%s:%d: unreadable judgement line skipped", self.path, n)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._data.get(key)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def add(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._data[row["key"]] = row
+            if self.path:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.flush()
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "deepseek-chat"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    rubric: Rubric = Field(default_factory=Rubric)
+    concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0)
+    temperature: float = 0.0
+    max_tokens: int = 256
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine from sync code, also when this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class TeacherJudge:
+    """TRL reward function ``(prompts, completions, **kwargs) -> list[float | None]``."""
+
+    __name__ = "teacher"
+
+    def __init__(self, config: TeacherConfig, judgements_path: str | Path | None = None) -> None:
+        from medtune_core.llm import LLMClient, LLMConfig
+
+        if not config.base_url:
+            raise TeacherUnavailable("no teacher endpoint: set options.base_url or OPENAI_BASE_URL")
+        self.config = config
+        self.store = JudgementStore(judgements_path)
+        self.client = LLMClient(
+            LLMConfig(
+                model=config.model,
+                base_url=config.base_url,
+                api_key=config.api_key,
+                concurrency=config.concurrency,
+                timeout_s=config.timeout_s,
+                max_retries=config.max_retries,
+                backoff_base_s=config.backoff_base_s,
+                structured_output="json_object",
+            )
+        )
+        self.requested = 0
+        self.failed = 0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], judgements_path: str | Path | None = None) -> TeacherJudge:
+        """Options: model, base_url, api_key_env, rubric, concurrency, timeout_s, max_retries; keys from settings."""
+        import os
+
+        from medtune_core.settings import get_settings
+
+        opts = dict(options)
+        key_env = opts.pop("api_key_env", None)
+        s = get_settings()
+        base_url = opts.get("base_url") or s.openai_base_url
+        key: SecretStr | None = None
+        if key_env and os.environ.get(key_env):
+            key = SecretStr(os.environ[key_env])
+        elif base_url and "deepseek" in base_url:
+            key = s.deepseek_api_key
+        elif base_url and ("dashscope" in base_url or "aliyuncs" in base_url):
+            key = s.dashscope_api_key
+        else:
+            key = s.openai_api_key
+        if not base_url and s.deepseek_api_key is not None:
+            base_url, key = "https://api.deepseek.com/v1", s.deepseek_api_key
+        opts["base_url"] = base_url
+        opts.setdefault("api_key", key)
+        if not base_url:
+            raise TeacherUnavailable(
+                "no teacher endpoint or key (set OPENAI_BASE_URL + OPENAI_API_KEY, or DEEPSEEK_API_KEY, "
+                "or the teacher reward's options.base_url)"
+            )
+        return cls(TeacherConfig.model_validate(opts), judgements_path)
+
+    async def _run_many(self, requests: list[Any]) -> list[Any]:
+        try:
+            return await self.client.run_many(requests)
+        finally:
+            await self.client.aclose()
+
+    def score(self, judgement: dict[str, Any]) -> float:
+        w = self.config.rubric.weights()
+        total = sum(w.values()) or 1.0
+        return round(sum(w[k] * float(judgement[k]) for k in w) / (10.0 * total), 6)
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        from medtune_core.llm import ChatRequest
+
+        texts = [(prompt_text(p), completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
+        keys = [judgement_key(self.config.model, self.config.rubric, p, c) for p, c in texts]
+        todo: dict[str, tuple[str, str]] = {}
+        for k, pc in zip(keys, texts, strict=True):
+            if self.store.get(k) is None:
+                todo.setdefault(k, pc)
+        if todo:
+            requests = [
+                ChatRequest(
+                    messages=[
+                        {"role": "system", "content": SYSTEM_PROMPT},
+                        {"role": "user", "content": f"【问题】\n{p}\n\n【回答】\n{c}"},
+                    ],
+                    schema=Judgement,
+                    params={"temperature": self.config.temperature, "max_tokens": self.config.max_tokens},
+                )
+                for p, c in todo.values()
+            ]
+            self.requested += len(requests)
+            results = _run(self._run_many(requests))
+            lost: list[str] = []
+            for (k, (p, c)), res in zip(todo.items(), results, strict=True):
+                if res.ok:
+                    row = {"key": k, "model": self.config.model, "prompt": p, "completion": c}
+                    row.update(res.data.model_dump())
+                    self.store.add(row)
+                else:
+                    lost.append(f"{getattr(res, 'reason', 'failed')}: {getattr(res, 'detail', '')[:120]}")
+            if lost:
+                self.failed += len(lost)
+                log.error(
+                    "TEACHER: %d of %d judgements could not be had (%s); those samples are scored by the other "
+                    "rewards only",
+                    len(lost),
+                    len(todo),
+                    lost[0],
+                )
+        out: list[float | None] = []
+        for k in keys:
+            row = self.store.get(k)
+            out.append(self.score(row) if row is not None else None)
+        return out

@@ -1,0 +1,356 @@
+"""What every stage does around its TRL trainer: device and precision, model and tokenizer, adapter,
+template, resume, metrics, saving.
+
+A stage's own module only says how to build its trainer from a :class:`StageContext`
+(see :mod:`medtune_core.training.stages`); :func:`run_stage` does the rest:
+
+1. resolve the device: CUDA when present (unless ``device: cpu``); on CPU float32, no bf16, no gradient
+   checkpointing, ``use_cpu``; QLoRA without CUDA is an error;
+2. load the tokenizer (a missing pad token, or one equal to EOS, becomes ``<|endoftext|>`` when the vocabulary
+   has it) and install the training chat template (generation markers; see :mod:`.templates`);
+3. load the model (causal LM, or a one-output sequence classifier for ``rm``), with a new LoRA/DoRA/QLoRA
+   adapter, the previous stage's adapter to keep training (``chain: stack``), or all weights trainable;
+4. build the trainer, count non-padding tokens per step, resume from the last checkpoint in
+   ``output_dir/checkpoints`` when there is one (optimizer, scheduler, RNG and step included);
+5. save the adapter (``output_dir/adapter``) or the full model (``output_dir/model``) with tokenizer and
+   template, ``metrics.json``, ``loss_curve.png`` and TensorBoard logs (``output_dir/tensorboard``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtune_core.errors import MedtuneError
+from medtune_core.training.config import AdapterType, StageConfig
+from medtune_core.training.metrics import count_tokens_hook, plot_loss_curve, summarise, write_metrics
+from medtune_core.training.templates import prepare_training_template, save_template, training_template_for
+
+log = logging.getLogger(__name__)
+
+TINY_REF = "tiny"
+
+
+@dataclass
+class StageResult:
+    """Where a stage put its outputs; ``model_dir`` is a loadable full model when there is one."""
+
+    stage: str
+    output_dir: Path
+    base_model: Path
+    adapter_dir: Path | None
+    model_dir: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    loss_curve: Path | None = None
+    is_reward_model: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageResult:
+        paths = {"output_dir", "base_model", "adapter_dir", "model_dir", "loss_curve"}
+        return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
+
+
+@dataclass
+class Runtime:
+    cuda: bool
+    bf16: bool
+    gradient_checkpointing: bool
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+@dataclass
+class StageContext:
+    """Everything a stage's trainer builder needs."""
+
+    config: StageConfig
+    model_path: Path
+    tokenizer: Any
+    model: Any
+    peft_config: Any
+    runtime: Runtime
+    train_dataset: Any
+    eval_dataset: Any
+    args_kwargs: dict[str, Any]
+    template: str | None
+    stats: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_model_ref(ref: str | os.PathLike[str]) -> Path:
+    """``tiny`` (the tiny test model) or anything :func:`medtune_core.models.registry.resolve_model` takes."""
+    if str(ref) in (TINY_REF, "embedded:tiny"):
+        from medtune_core.models.tiny import tiny_model_path
+
+        return tiny_model_path()
+    from medtune_core.models.registry import resolve_model
+
+    return resolve_model(ref)
+
+
+def resolve_runtime(config: StageConfig) -> Runtime:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not has_cuda:
+        raise MedtuneError("device: cuda was asked for, but no CUDA GPU is visible")
+    cuda = has_cuda and config.device != "cpu"
+    if config.adapter.type is AdapterType.QLORA and not cuda:
+        raise MedtuneError("adapter qlora needs a CUDA GPU (bitsandbytes 4/8-bit); use lora on CPU")
+    if not cuda:
+        if config.bf16:
+            log.warning("bf16 requested on CPU: training in float32 instead (bf16 is ~16x slower on CPU here)")
+        if config.gradient_checkpointing:
+            log.warning("gradient checkpointing requested on CPU: off (it only costs time on CPU)")
+        return Runtime(cuda=False, bf16=False, gradient_checkpointing=False)
+    bf16 = torch.cuda.is_bf16_supported() if config.bf16 is None else config.bf16
+    gc = True if config.gradient_checkpointing is None else config.gradient_checkpointing
+    return Runtime(cuda=True, bf16=bf16, gradient_checkpointing=gc)
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer with a pad token that is not EOS when the vocabulary allows (None-pad crashes collators)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    vocab = tok.get_vocab()
+    if tok.pad_token is None or tok.pad_token == tok.eos_token:
+        for candidate in ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "[PAD]"):
+            if candidate in vocab and candidate != tok.eos_token:
+                tok.pad_token = candidate
+                break
+        else:
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+    return tok
+
+
+def peft_config_for(config: StageConfig, *, task_type: str = "CAUSAL_LM") -> Any:
+    if config.adapter.type is AdapterType.FULL:
+        return None
+    from peft import LoraConfig
+
+    a = config.adapter
+    return LoraConfig(
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=a.target_modules,
+        use_dora=a.type is AdapterType.DORA,
+        task_type=task_type,
+        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+    )
+
+
+def load_model(
+    path: Path, config: StageConfig, runtime: Runtime, tokenizer: Any, *, sequence_classification: bool = False
+) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {}
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    if config.adapter.type is AdapterType.QLORA:
+        from transformers import BitsAndBytesConfig
+
+        bits4 = config.adapter.bits == 4
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=bits4,
+            load_in_8bit=not bits4,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if runtime.bf16 else torch.float16,
+        )
+        kwargs["dtype"] = torch.bfloat16 if runtime.bf16 else torch.float16
+    elif runtime.cuda and runtime.bf16 and config.adapter.type is not AdapterType.FULL:
+        kwargs["dtype"] = torch.bfloat16  # frozen base in bf16; adapters train in mixed precision
+    else:
+        kwargs["dtype"] = torch.float32
+    if sequence_classification:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, pad_token_id=tokenizer.pad_token_id, **kwargs
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if runtime.cuda and not kwargs.get("quantization_config"):
+        model.to("cuda")
+    return model
+
+
+def training_args_kwargs(config: StageConfig, runtime: Runtime, checkpoints: Path, has_eval: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "output_dir": str(checkpoints),
+        "max_steps": config.max_steps,
+        "num_train_epochs": config.epochs,
+        "learning_rate": config.learning_rate,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "warmup_steps": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "seed": config.seed,
+        "bf16": runtime.bf16,
+        "fp16": False,
+        "gradient_checkpointing": runtime.gradient_checkpointing,
+        "use_cpu": not runtime.cuda,
+        "report_to": [],  # TensorBoard is added as a callback with a fixed folder
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "eval_strategy": "steps" if has_eval and config.eval_steps else ("epoch" if has_eval else "no"),
+    }
+    if has_eval and config.eval_steps:
+        kw["eval_steps"] = config.eval_steps
+    return kw
+
+
+def last_checkpoint(checkpoints: Path) -> str | None:
+    if not checkpoints.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoints))
+
+
+def _tensorboard_callback(folder: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
+
+
+def _install_template(tokenizer: Any, config: StageConfig, *, need_markers: bool) -> str | None:
+    if need_markers:
+        return prepare_training_template(tokenizer, config.chat_template)
+    if config.chat_template is not None:
+        return prepare_training_template(tokenizer, config.chat_template)
+    if not tokenizer.chat_template:
+        return None
+    try:
+        template = training_template_for(tokenizer)
+    except MedtuneError:
+        template = tokenizer.chat_template
+    tokenizer.chat_template = template
+    return template
+
+
+BuildTrainer = Callable[[StageContext], Any]
+
+
+def run_stage(
+    config: StageConfig,
+    build_trainer: BuildTrainer,
+    *,
+    prepare_data: Callable[[StageConfig, Any], tuple[Any, Any, dict[str, Any]]],
+    adapter: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+    sequence_classification: bool = False,
+    need_markers: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> StageResult:
+    """Run one stage end to end (see the module docstring)."""
+    from transformers import set_seed
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    (out / "stage_config.json").write_text(
+        json.dumps({"stage": config.stage, **config.model_dump(mode="json")}, indent=2, ensure_ascii=False) + "\n"
+    )
+    runtime = resolve_runtime(config)
+    model_path = resolve_model_ref(config.model)
+    tokenizer = load_tokenizer(model_path)
+    template = _install_template(tokenizer, config, need_markers=need_markers)
+    train_ds, eval_ds, stats = prepare_data(config, tokenizer)
+    set_seed(config.seed)
+    model = load_model(model_path, config, runtime, tokenizer, sequence_classification=sequence_classification)
+    peft_config = None
+    if adapter is not None:
+        from peft import PeftModel
+
+        log.info("%s: continuing to train the previous stage's adapter %s", config.stage, adapter)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    else:
+        peft_config = peft_config_for(config, task_type="SEQ_CLS" if sequence_classification else "CAUSAL_LM")
+    ctx = StageContext(
+        config=config,
+        model_path=model_path,
+        tokenizer=tokenizer,
+        model=model,
+        peft_config=peft_config,
+        runtime=runtime,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        args_kwargs=training_args_kwargs(config, runtime, checkpoints, eval_ds is not None),
+        template=template,
+        stats=stats,
+        extra=dict(extra or {}),
+    )
+    trainer = build_trainer(ctx)
+    if "tensorboard" in config.report_to:
+        trainer.add_callback(_tensorboard_callback(out / "tensorboard"))
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    meter = count_tokens_hook(trainer)
+    resume_from = last_checkpoint(checkpoints) if config.resume else None
+    if resume_from:
+        log.info("%s: resuming from %s", config.stage, resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    if eval_ds is not None:
+        trainer.log(trainer.evaluate())
+
+    result = _save(trainer, ctx, out, sequence_classification)
+    metrics = summarise(trainer.state.log_history, meter)
+    metrics.update(stage=config.stage, resumed_from=resume_from, data=stats)
+    write_metrics(out / "metrics.json", metrics)
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str) + "\n")
+    result.metrics = metrics
+    result.loss_curve = plot_loss_curve(trainer.state.log_history, out / "loss_curve.png", f"{config.stage} loss")
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    return result
+
+
+def _save(trainer: Any, ctx: StageContext, out: Path, sequence_classification: bool) -> StageResult:
+    from peft import PeftModel
+
+    model = trainer.model
+    while hasattr(model, "module"):
+        model = model.module
+    is_peft = isinstance(model, PeftModel)
+    target = out / ("adapter" if is_peft else "model")
+    model.save_pretrained(target)
+    ctx.tokenizer.save_pretrained(target)
+    if ctx.template:
+        save_template(target, ctx.template)
+    (target / "medtune_base.json").write_text(
+        json.dumps({"base_model": str(ctx.model_path), "stage": ctx.config.stage}, indent=2) + "\n"
+    )
+    return StageResult(
+        stage=ctx.config.stage,
+        output_dir=out,
+        base_model=ctx.model_path,
+        adapter_dir=target if is_peft else None,
+        model_dir=None if is_peft else target,
+        is_reward_model=sequence_classification,
+    )
