@@ -27,6 +27,11 @@ FLOWS: dict[str, FlowSpec] = {
     spec.name: spec
     for spec in [
         FlowSpec("prepare-data", "flows.prepare_data:prepare_data", "Validate and convert datasets, with manifests"),
+        FlowSpec(
+            "bailian-upload",
+            "flows.bailian_upload:bailian_upload",
+            "MedQA → Bailian SFT files, split, cost estimate, upload and fine-tune job (dry run by default)",
+        ),
     ]
 }
 

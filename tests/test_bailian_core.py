@@ -15,10 +15,12 @@ from medtune_core.bailian import (
     BailianJobFailed,
     BailianPrompts,
     BailianTimeout,
+    CostCeilingExceeded,
     HyperParameters,
     JobSpec,
     RetryPolicy,
     TokenCounter,
+    check_cost_ceiling,
     convert_medqa_file,
     convert_medqa_tree,
     count_file_tokens,
@@ -269,6 +271,10 @@ def test_cost_arithmetic():
     assert estimate_cost("qwen2.5-7b-instruct", 1, 1000).cost == pytest.approx(0.006)
     with pytest.raises(MedtuneError, match="no training price known"):
         estimate_cost("gpt-x", 1, 1)
+    with pytest.raises(CostCeilingExceeded, match=r"12\.00 CNY exceeds the ceiling of 10\.00 CNY"):
+        check_cost_ceiling(est.cost, 10.0)
+    check_cost_ceiling(est.cost, 12.5)
+    check_cost_ceiling(est.cost, None)
 
 
 def test_hyper_parameters_body():

@@ -30,9 +30,11 @@ from medtune_core.bailian.convert import (
 from medtune_core.bailian.split import DEFAULT_MAX_BYTES, check_bailian_line, split_file, validate_bailian_file
 from medtune_core.bailian.tokens import (
     TRAINING_PRICES,
+    CostCeilingExceeded,
     CostEstimate,
     FileTokens,
     TokenCounter,
+    check_cost_ceiling,
     count_file_tokens,
     estimate_cost,
     naive_count_file,
@@ -53,6 +55,7 @@ __all__ = [
     "BailianJobFailed",
     "BailianPrompts",
     "BailianTimeout",
+    "CostCeilingExceeded",
     "CostEstimate",
     "FileInfo",
     "FileTokens",
@@ -64,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "TokenCounter",
     "check_bailian_line",
+    "check_cost_ceiling",
     "convert_medqa_file",
     "convert_medqa_tree",
     "count_file_tokens",

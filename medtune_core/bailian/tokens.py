@@ -233,3 +233,16 @@ def naive_count_file(path: str | os.PathLike[str], tokenizer: str = DEFAULT_TOKE
         for line in fh:
             total += len(tok.encode(TokenCounter.render(json.loads(line)["messages"])))
     return total
+
+
+class CostCeilingExceeded(MedtuneError):
+    """The estimate is above what the run was allowed to spend."""
+
+
+def check_cost_ceiling(cost: float, ceiling: float | None, currency: str = CURRENCY) -> None:
+    """Refuse to start paid work whose estimated ``cost`` exceeds ``ceiling`` (None: no ceiling)."""
+    if ceiling is not None and cost > ceiling:
+        raise CostCeilingExceeded(
+            f"estimated cost {cost:,.2f} {currency} exceeds the ceiling of {ceiling:,.2f} {currency}; "
+            "raise max_cost (and confirm it) or train on less data / fewer epochs"
+        )

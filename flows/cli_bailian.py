@@ -1,0 +1,277 @@
+"""``medtune bailian ...``: seed 4's steps one at a time, without Prefect (the flow ``bailian-upload`` chains them).
+
+    medtune bailian convert MedQA/ out/            # a MedQA tree (or one file) → Bailian files + manifests
+    medtune bailian split out/mainland_4opt_train.jsonl --max-mb 300
+    medtune bailian estimate out/*_train.jsonl --model qwen2.5-7b-instruct --epochs 3
+    medtune bailian upload out/mainland_4opt_train.jsonl
+    medtune bailian jobs create --train FILE_ID --val FILE_ID -e 3 -b 16 -l 1e-4 --lora-rank 64
+    medtune bailian jobs list | get ID | wait ID | logs ID | cancel ID
+
+Kept light at import (the main CLI mounts it at start-up): heavy modules are imported inside commands.
+The API key comes from ``DASHSCOPE_API_KEY``; it is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medtune_core.errors import MedtuneError
+
+app = typer.Typer(help="Bailian (Alibaba Cloud Model Studio) fine-tuning, step by step.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Fine-tune jobs: create, list, get, wait, logs, cancel.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+RegionOpt = Annotated[str, typer.Option(help="Bailian region: cn-beijing or ap-southeast-1.")]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="DashScope API URL override.")]
+WorkspaceOpt = Annotated[str | None, typer.Option(help="Bailian workspace id.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _client(region: str, base_url: str | None, workspace: str | None) -> Any:
+    from medtune_core.bailian import BailianClient
+
+    try:
+        return BailianClient(region=region, base_url=base_url, workspace=workspace)
+    except MedtuneError as exc:
+        _fail(str(exc), 2)
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="MedQA folder (with questions/...) or one MedQA JSONL file.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder.")],
+    region: Annotated[list[str] | None, typer.Option("--region", help="mainland, taiwan, us (repeatable).")] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="train, dev, test (repeatable).")] = None,
+    language: Annotated[str, typer.Option(help="For a single file: zh, en or auto (en under US/).")] = "auto",
+    system_prompt: Annotated[str | None, typer.Option(help="Replace the system prompt.")] = None,
+    policy: Annotated[str, typer.Option(help="strict or skip (bad rows to OUT.rejects.jsonl).")] = "strict",
+) -> None:
+    """Convert MedQA to Bailian's ``{"messages": [...]}`` format; prints one line per output file."""
+    from medtune_core.bailian import BailianPrompts, convert_medqa_file, convert_medqa_tree
+
+    prompts = BailianPrompts().with_system(system_prompt)
+    try:
+        if source.is_file():
+            lang = language if language != "auto" else ("en" if "US" in source.parts else "zh")
+            manifests = [
+                convert_medqa_file(source, out_dir / source.name, language=lang, prompts=prompts, policy=policy)
+            ]
+        else:
+            manifests = convert_medqa_tree(
+                source, out_dir, regions=region, splits=split, prompts=prompts, policy=policy
+            )
+    except (MedtuneError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for m in manifests:
+        rejected = f", {m.rejects['count']} rejected" if m.rejects else ""
+        typer.echo(f"{m.path}: {m.rows} rows{rejected}")
+
+
+@app.command()
+def split(
+    files: Annotated[list[Path], typer.Argument(help="Bailian files.")],
+    max_mb: Annotated[float, typer.Option(help="Size limit per part in MB.")] = 300.0,
+    max_rows: Annotated[int | None, typer.Option(help="Row limit per part.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Where parts go; default beside each file.")] = None,
+) -> None:
+    """Validate and split files under the size limit, whole lines only."""
+    from medtune_core.bailian import split_file
+    from medtune_core.bailian.split import MB
+
+    for f in files:
+        try:
+            parts = split_file(f, out_dir, max_bytes=int(max_mb * MB), max_rows=max_rows)
+        except (MedtuneError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        for p in parts:
+            typer.echo(f"{p.path}: {p.rows} rows, {p.bytes} bytes")
+
+
+@app.command()
+def estimate(
+    files: Annotated[list[Path], typer.Argument(help="Bailian training files.")],
+    model: Annotated[str, typer.Option(help="Base model (sets the price).")] = "qwen2.5-7b-instruct",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
+    max_length: Annotated[int | None, typer.Option(help="Count rows longer than this.")] = 2048,
+    price: Annotated[float | None, typer.Option(help="Price override, CNY per 1k tokens.")] = None,
+) -> None:
+    """Count Qwen tokens per file and estimate the training cost."""
+    from medtune_core.bailian import TokenCounter, count_file_tokens, estimate_cost
+
+    counter = TokenCounter()
+    try:
+        stats = [count_file_tokens(f, counter, max_length=max_length) for f in files]
+        est = estimate_cost(model, epochs, stats, prices={model: price} if price is not None else None)
+    except (MedtuneError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for s in stats:
+        typer.echo(f"{s.path}: {s.rows} rows, {s.tokens:,} tokens (max {s.max_row_tokens}/row)")
+    typer.echo(est.summary())
+
+
+@app.command()
+def upload(
+    files: Annotated[list[Path], typer.Argument(help="Bailian files (each at most 300 MB).")],
+    region: RegionOpt = "cn-beijing",
+    base_url: BaseUrlOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Upload files for fine-tuning (a file already uploaded is not sent again); prints ``FILE: FILE_ID``."""
+    client = _client(region, base_url, workspace)
+    for f in files:
+        try:
+            info = client.upload(f)
+        except (MedtuneError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        typer.echo(f"{f}: {info.file_id}{' (already uploaded)' if info.reused else ''}")
+
+
+@app.command("files")
+def files_cmd(
+    delete: Annotated[list[str] | None, typer.Option("--delete", help="Delete these file ids.")] = None,
+    region: RegionOpt = "cn-beijing",
+    base_url: BaseUrlOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """List uploaded files (JSON lines), or delete some."""
+    client = _client(region, base_url, workspace)
+    try:
+        if delete:
+            for file_id in delete:
+                client.delete_file(file_id)
+                typer.echo(f"deleted {file_id}")
+            return
+        for f in client.list_files():
+            _echo_json(f)
+    except MedtuneError as exc:
+        _fail(str(exc))
+
+
+@jobs_app.command("create")
+def jobs_create(
+    train: Annotated[list[str], typer.Option("--train", "-t", help="Training file id (repeatable).")],
+    val: Annotated[list[str] | None, typer.Option("--val", "-v", help="Validation file id (repeatable).")] = None,
+    model: Annotated[str, typer.Option("--model", "-m")] = "qwen2.5-7b-instruct",
+    mode: Annotated[str, typer.Option("--mode", help="efficient_sft (LoRA) or sft.")] = "efficient_sft",
+    epochs: Annotated[int, typer.Option("--epochs", "-e")] = 3,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 16,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", "-l")] = 1e-4,
+    lora_rank: Annotated[int, typer.Option()] = 64,
+    lora_alpha: Annotated[int, typer.Option()] = 128,
+    max_length: Annotated[int, typer.Option()] = 2048,
+    region: RegionOpt = "cn-beijing",
+    base_url: BaseUrlOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Create a fine-tune job (the same inputs give back the job created before)."""
+    from pydantic import ValidationError
+
+    from medtune_core.bailian import HyperParameters, JobSpec
+
+    try:
+        spec = JobSpec(
+            model=model,
+            training_file_ids=train,
+            validation_file_ids=val or [],
+            training_type=mode,  # type: ignore[arg-type]
+            hyper_parameters=HyperParameters(
+                n_epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                lora_rank=lora_rank,
+                lora_alpha=lora_alpha,
+                max_length=max_length,
+            ),
+        )
+    except ValidationError as exc:
+        _fail(str(exc), 2)
+    client = _client(region, base_url, workspace)
+    try:
+        _echo_json(client.create_job(spec).as_dict())
+    except MedtuneError as exc:
+        _fail(str(exc))
+
+
+@jobs_app.command("list")
+def jobs_list(region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """List fine-tune jobs, one JSON object a line."""
+    client = _client(region, base_url, workspace)
+    try:
+        for job in client.list_jobs():
+            _echo_json(job.as_dict())
+    except MedtuneError as exc:
+        _fail(str(exc))
+
+
+@jobs_app.command("get")
+def jobs_get(
+    job_id: str, region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
+) -> None:
+    """One job as JSON."""
+    client = _client(region, base_url, workspace)
+    try:
+        _echo_json(client.get_job(job_id).as_dict())
+    except MedtuneError as exc:
+        _fail(str(exc))
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str, region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
+) -> None:
+    """Print a job's log lines."""
+    client = _client(region, base_url, workspace)
+    try:
+        offset = 0
+        while True:
+            lines, total = client.job_logs(job_id, offset=offset)
+            for line in lines:
+                typer.echo(line)
+            offset += len(lines)
+            if not lines or offset >= total:
+                break
+    except MedtuneError as exc:
+        _fail(str(exc))
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: str,
+    interval: Annotated[float, typer.Option(help="First poll interval in seconds.")] = 30.0,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    region: RegionOpt = "cn-beijing",
+    base_url: BaseUrlOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Follow a job to its end, printing its logs; Ctrl-C cancels the job."""
+    client = _client(region, base_url, workspace)
+    try:
+        job = client.wait(job_id, interval=interval, timeout=timeout, on_log=typer.echo)
+    except MedtuneError as exc:
+        _fail(str(exc))
+    _echo_json(job.as_dict())
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: str, region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
+) -> None:
+    """Cancel a running job."""
+    client = _client(region, base_url, workspace)
+    try:
+        client.cancel_job(job_id)
+    except MedtuneError as exc:
+        _fail(str(exc))
+    typer.echo(f"cancelled {job_id}")
