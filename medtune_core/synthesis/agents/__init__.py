@@ -1,0 +1,28 @@
+"""The agents, one module each; importing this package registers every module in it (in seed 0's order first)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+#: Seed 0's agents, registered first so ``agent_names()`` lists them in the seed's order.
+BUILTIN = ("preprocess", "critic", "check_rag", "diagnosis", "drug")
+
+for _name in BUILTIN:
+    importlib.import_module(f"{__name__}.{_name}")
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name not in BUILTIN and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+
+def _order_registry() -> None:
+    """Seed 0's five first, in its order, then any added agent in module-name order."""
+    from medtune_core.synthesis.base import AGENTS
+
+    ordered = {n: AGENTS[n] for n in BUILTIN if n in AGENTS}
+    ordered.update({n: a for n, a in AGENTS.items() if n not in ordered})
+    AGENTS.clear()
+    AGENTS.update(ordered)
+
+
+_order_registry()
