@@ -2,7 +2,7 @@
 
 Prefect's ``INPUTS`` hashes a ``Path`` as its string, so a file changed in place would serve a stale result,
 and two different tasks with equal arguments would share one. :data:`CONTENT_AWARE` fixes both: file and
-folder inputs hash as their contents, manifests as their recorded sha256, and the task's own source (plus
+folder inputs hash as their location *and* contents, manifests as their recorded sha256, and the task's own source (plus
 the medtune version, so an upgrade invalidates old results) is part of every key.
 """
 
@@ -27,7 +27,9 @@ from medtune_core.hashing import path_sha256
 def fingerprint(value: Any) -> Any:
     """A hashable, content-based stand-in for ``value``: paths become content hashes, secrets vanish."""
     if isinstance(value, os.PathLike):
-        return ("content", path_sha256(Path(value)))
+        # The name and the contents: tasks often derive output names from input names, so equal bytes under
+        # two names must not share a result; a changed file under one name must not either.
+        return ("path", str(Path(value).resolve()), path_sha256(Path(value)))
     if isinstance(value, Manifest):
         return ("manifest", value.format, value.sha256)
     if isinstance(value, SecretStr):
