@@ -1,0 +1,264 @@
+"""LLM mode: each agent's sampled inputs answered by a model through :class:`medtune_core.llm.LLMClient`.
+
+Per batch, every index gets its input (from its own seeded generator, so a batch is reproducible and a rerun
+sends byte-identical requests that the response cache answers for free), its request (system prompt +
+few-shots + input, JSON schema of the agent's answer) and one :meth:`LLMClient.chat_json` call. The agent's
+quality checks run inside the schema (a pydantic ``after`` validator), so a failing answer gets the client's
+one corrective re-ask before it is rejected.
+
+Outcomes per index: accepted; rejected with a reason (written to the rejects file, never to the data);
+``failed`` (no answer after the client's retries) or ``budget`` (not sent: the cap would be exceeded) — the
+last two are *missing*, not rejected, so a later run (a retry, a higher budget) fills them in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LLMClient, LLMConfig, Rejected
+from medtune_core.synthesis.base import Agent, Sample, get_agent, resolve_agents
+from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
+from medtune_core.synthesis.requests import build_messages
+from medtune_core.synthesis.run import AgentReport, batch_ranges, finalize_agent, sizes_for, write_summary
+from medtune_core.synthesis.seed import sample_input
+
+QUALITY_PREFIX = "quality check failed"
+DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.7}
+
+_CURRENT_INPUT: dict[int, dict[str, Any]] = {}
+
+
+@cache
+def checked_schema(agent_name: str) -> type[BaseModel]:
+    """The agent's output model plus its quality checks as an ``after`` validator (same JSON schema and title).
+
+    The input a check needs is passed through pydantic's validation context key ``"input"``; the client
+    validates without context, so the checks read it from the request (see :func:`_schema_for`).
+    """
+    agent = get_agent(agent_name)
+    base = agent.output_model
+
+    class Checked(base):  # type: ignore[valid-type, misc]
+        model_config = ConfigDict(title=base.__name__)
+
+        @model_validator(mode="after")
+        def _quality(self) -> Checked:
+            inp = _CURRENT_INPUT.get(id(type(self)))
+            if inp is not None:
+                failures = list(agent.checks(inp, self))
+                if failures:
+                    raise ValueError(f"{QUALITY_PREFIX}: " + "; ".join(str(f) for f in failures))
+            return self
+
+    Checked.__name__ = Checked.__qualname__ = base.__name__
+    return Checked
+
+
+def _schema_for(agent: Agent, inp: dict[str, Any]) -> type[BaseModel]:
+    """A per-request subclass that knows its input (requests of a batch run concurrently)."""
+    base = checked_schema(agent.name)
+    sub = type(base.__name__, (base,), {"model_config": ConfigDict(title=agent.output_model.__name__)})
+    _CURRENT_INPUT[id(sub)] = inp
+    return sub
+
+
+@dataclass
+class BatchOutcome:
+    """One LLM batch: samples and rejects, indices still missing, tokens and cost of this call."""
+
+    result: PostprocessResult
+    missing: list[int] = field(default_factory=list)
+    failed: int = 0
+    budget_stopped: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+    currency: str = ""
+    cache_hits: int = 0
+    requests: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def build_chat_requests(
+    agent: Agent | str,
+    seed: int,
+    start: int,
+    count: int,
+    *,
+    params: Mapping[str, Any] | None = None,
+    few_shots: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
+) -> list[tuple[int, dict[str, Any], ChatRequest]]:
+    a = get_agent(agent) if isinstance(agent, str) else agent
+    out = []
+    for i in range(start, start + count):
+        inp = sample_input(a, seed, i, source="llm")
+        messages = build_messages(a, inp, few_shots)
+        out.append((i, inp, ChatRequest(messages, _schema_for(a, inp), dict(params or DEFAULT_PARAMS))))
+    return out
+
+
+async def run_llm_batch(
+    client: LLMClient,
+    agent: Agent | str,
+    seed: int,
+    start: int,
+    count: int,
+    *,
+    params: Mapping[str, Any] | None = None,
+    few_shots: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
+) -> BatchOutcome:
+    """Answer samples ``start .. start+count-1`` of ``agent`` through ``client`` and validate them."""
+    a = get_agent(agent) if isinstance(agent, str) else agent
+    planned = build_chat_requests(a, seed, start, count, params=params, few_shots=few_shots)
+    try:
+        results = await client.run_many([req for _, _, req in planned], on_result=on_result)
+    finally:
+        for _, _, req in planned:
+            _CURRENT_INPUT.pop(id(req.schema), None)
+    outcome = BatchOutcome(PostprocessResult(), currency=client.budget_currency)
+    for (index, inp, _), res in zip(planned, results, strict=True):
+        usage = getattr(res, "usage", None)
+        if usage is not None:
+            outcome.input_tokens += usage.prompt_tokens
+            outcome.output_tokens += usage.completion_tokens
+            outcome.cached_tokens += usage.cached_tokens
+        outcome.cost += float(getattr(res, "cost", 0.0) or 0.0)
+        if isinstance(res, ChatResult):
+            outcome.requests += 1
+            outcome.cache_hits += int(res.cached)
+            out, failures = a.validate(inp, res.data.model_dump(mode="json"))
+            sample = Sample(a.name, index, inp, out, source="llm", raw=None, meta={"seed": seed, "model": res.model})
+            if failures or out is None:
+                f = failures[0]
+                reason = "schema" if f.check == "schema" else f"quality:{f.check}"
+                outcome.result.rejects.append(
+                    Reject.of(Sample(a.name, index, inp, None, "llm", res.text), reason, str(f))
+                )
+            else:
+                outcome.result.accepted.append(sample)
+        elif isinstance(res, Rejected):
+            outcome.requests += 1
+            reason = "quality" if QUALITY_PREFIX in res.detail else f"llm:{res.reason}"
+            outcome.result.rejects.append(Reject(a.name, index, "llm", reason, res.detail[:2000], inp, None, res.text))
+        elif isinstance(res, BudgetExceeded):
+            outcome.missing.append(index)
+            outcome.budget_stopped += 1
+        else:
+            assert isinstance(res, Failed)
+            outcome.missing.append(index)
+            outcome.failed += 1
+    return outcome
+
+
+def run_llm_batch_sync(client_config: LLMConfig, *args: Any, **kwargs: Any) -> BatchOutcome:
+    """:func:`run_llm_batch` from synchronous code, with its own client (closed afterwards)."""
+
+    async def go() -> BatchOutcome:
+        async with LLMClient(client_config) as client:
+            return await run_llm_batch(client, *args, **kwargs)
+
+    return asyncio.run(go())
+
+
+@dataclass
+class LLMRunReport:
+    """What :func:`run_llm_mode` did: reports per agent, whether it stopped on the budget, what is missing."""
+
+    reports: list[AgentReport]
+    budget_stopped: bool
+    missing: dict[str, int]
+    spent: float
+    currency: str
+    summary_path: Path | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.missing.values())
+
+
+def run_llm_mode(
+    output_dir: str | Path,
+    config: LLMConfig,
+    agents: str | Sequence[str] = "all",
+    num_samples: int | Mapping[str, int] | None = None,
+    *,
+    seed: int = 0,
+    output_format: str = "instruction",
+    dedup: DedupConfig | None = None,
+    batch_size: int = 100,
+    params: Mapping[str, Any] | None = None,
+) -> LLMRunReport:
+    """LLM mode end to end: ``{agent}_sft_data.jsonl`` per agent and ``synthesis_manifest.json``.
+
+    With ``config.budget`` the run stops sending when the cap would be exceeded and writes what it has (the
+    manifest says ``complete: false`` and how many are missing). Run it again with a higher budget and the
+    same ``config.cache_path``: answers already paid for come from the cache, only the rest is sent.
+    """
+    names = resolve_agents(agents)
+    sizes = sizes_for(names, num_samples)
+    dedup = dedup or DedupConfig()
+
+    async def go() -> tuple[dict[str, list[BatchOutcome]], bool, float]:
+        outcomes: dict[str, list[BatchOutcome]] = {n: [] for n in names}
+        stopped = False
+        async with LLMClient(config) as client:
+            for name in names:
+                for start, count in batch_ranges(sizes[name], batch_size):
+                    if stopped:
+                        outcomes[name].append(_skipped(start, count))
+                        continue
+                    o = await run_llm_batch(client, name, seed, start, count, params=params)
+                    outcomes[name].append(o)
+                    stopped = stopped or o.budget_stopped > 0
+            spent = client.ledger.spent(client.budget_currency)
+        return outcomes, stopped, spent
+
+    outcomes, stopped, spent = asyncio.run(go())
+    reports, missing = [], {}
+    currency = ""
+    for name in names:
+        batches = outcomes[name]
+        missing[name] = sum(len(b.missing) for b in batches)
+        currency = next((b.currency for b in batches if b.currency), currency)
+        extra = {
+            "seed": seed,
+            "model": config.model,
+            "complete": missing[name] == 0,
+            "missing": missing[name],
+            "input_tokens": sum(b.input_tokens for b in batches),
+            "output_tokens": sum(b.output_tokens for b in batches),
+            "cost": round(sum(b.cost for b in batches), 8),
+            "currency": currency,
+        }
+        _, report = finalize_agent(
+            output_dir,
+            name,
+            [b.result for b in batches],
+            source="llm",
+            output_format=output_format,
+            dedup=dedup,
+            extra=extra,
+        )
+        reports.append(report)
+    summary = write_summary(
+        output_dir,
+        reports,
+        {"mode": "llm", "seed": seed, "model": config.model, "num_samples": sizes, "budget": config.budget},
+    )
+    return LLMRunReport(reports, stopped, missing, spent, currency, summary)
+
+
+def _skipped(start: int, count: int) -> BatchOutcome:
+    return BatchOutcome(PostprocessResult(), missing=list(range(start, start + count)), budget_stopped=count)

@@ -1,0 +1,106 @@
+"""LLM mode of the synthesis core against the local OpenAI-protocol server (real ``openai`` SDK)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("medtune_core.llm.client", reason="the LLM client layer is not there yet")
+pytest.importorskip("tests.fakes.openai_server", reason="the fake OpenAI server is not there yet")
+
+from medtune_core.dataio import DatasetReader, Manifest
+from medtune_core.llm import LLMConfig
+from medtune_core.synthesis import get_agent
+from medtune_core.synthesis.llm_mode import run_llm_mode
+from medtune_core.synthesis.requests import USER_PREFIX
+from tests.fakes.openai_server import FakeOpenAIServer, FakeRequest
+
+PRICES = {"fake-model": {"input": 1000.0, "output": 2000.0, "cached_input": 1000.0, "currency": "USD"}}
+
+
+def template_responder(req: FakeRequest) -> str:
+    """Answer like a good model: the agent's own template output for the input in the last user turn."""
+    system = req.messages[0]["content"]
+    agent = next(
+        get_agent(n)
+        for n in ("preprocess", "critic", "check_rag", "diagnosis", "drug")
+        if system.startswith(get_agent(n).system_prompt)
+    )
+    asked = [m["content"] for m in req.messages if m["role"] == "user" and m["content"].startswith(USER_PREFIX)]
+    inp = json.loads(asked[-1][len(USER_PREFIX) :])  # the last input (a re-ask appends a correction turn)
+    return json.dumps(agent.template_output(inp, random.Random(asked[-1])), ensure_ascii=False)
+
+
+def config(server: FakeOpenAIServer, tmp_path: Path, **kw) -> LLMConfig:
+    base = {
+        "model": "fake-model",
+        "base_url": server.base_url,
+        "api_key": "test-key",
+        "concurrency": 8,
+        "timeout_s": 5.0,
+        "backoff_base_s": 0.001,
+        "backoff_max_s": 0.01,
+        "cache_path": tmp_path / "cache.sqlite",
+        "prices": PRICES,
+    }
+    base.update(kw)
+    return LLMConfig(**base)
+
+
+def reported_cost(server: FakeOpenAIServer) -> float:
+    return sum(u["prompt_tokens"] * 1000 + u["completion_tokens"] * 2000 for u in server.reported_usage) / 1e6
+
+
+def test_llm_mode_writes_valid_files_through_faults(tmp_path: Path) -> None:
+    with FakeOpenAIServer(responder=template_responder) as server:
+        server.add_faults("429:0.01", "500", "schema_violation", "invalid_json")
+        run = run_llm_mode(
+            tmp_path / "out", config(server, tmp_path), ["diagnosis", "check_rag"], 12, seed=3, batch_size=5
+        )
+        assert run.complete and not run.budget_stopped
+        assert server.faults_served  # faults were served and recovered from (retries, re-asks)
+        for r in run.reports:
+            assert Path(r.path).name == f"{r.agent}_sft_data.jsonl"
+            assert r.accepted == 12 and r.rejected == 0
+            assert len(list(DatasetReader(r.path, policy="strict"))) == 12
+            m = Manifest.load(r.path)
+            assert m.extra["complete"] is True and m.extra["counts"]["accepted"] == 12
+        assert sum(r.cost for r in run.reports) == pytest.approx(reported_cost(server), rel=1e-9)
+        assert run.spent == pytest.approx(reported_cost(server), rel=1e-9)
+        assert sum(r.input_tokens for r in run.reports) == sum(u["prompt_tokens"] for u in server.reported_usage)
+
+
+def test_budget_stops_and_a_higher_cap_resumes_without_resending(tmp_path: Path) -> None:
+    with FakeOpenAIServer(responder=template_responder) as server:
+        first = run_llm_mode(
+            tmp_path / "o", config(server, tmp_path, budget=10.0, concurrency=2), ["drug"], 20, seed=1, batch_size=10
+        )
+        assert first.budget_stopped and 0 < first.missing["drug"] < 20
+        assert first.spent <= 10.0
+        m = Manifest.load(tmp_path / "o" / "drug_sft_data.jsonl")
+        assert m.extra["complete"] is False and m.rows == 20 - first.missing["drug"]
+        sent_before = server.total
+        second = run_llm_mode(
+            tmp_path / "o", config(server, tmp_path, budget=1000.0), ["drug"], 20, seed=1, batch_size=10
+        )
+        assert second.complete and second.reports[0].accepted == 20
+        assert server.total - sent_before == first.missing["drug"]
+        assert max(server.body_counts.values()) == 1  # no request was sent twice
+
+
+def test_quality_failures_are_reasked_then_rejected(tmp_path: Path) -> None:
+    def bad_critic(req: FakeRequest) -> str:
+        out = json.loads(template_responder(req))
+        out["band"] = "优秀" if out["score"] < 9 else "不合格"  # schema-valid, wrong band
+        return json.dumps(out, ensure_ascii=False)
+
+    with FakeOpenAIServer(responder=bad_critic) as server:
+        run = run_llm_mode(tmp_path, config(server, tmp_path), ["critic"], 4, seed=2)
+        r = run.reports[0]
+        assert r.accepted == 0 and r.reasons == {"quality": 4}
+        assert server.total == 8  # one corrective re-ask each
+        rows = [json.loads(x) for x in (tmp_path / "critic_sft_data.jsonl.rejects.jsonl").read_text().splitlines()]
+        assert all("band" in row["problem"] and row["raw"] for row in rows)
