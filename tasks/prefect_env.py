@@ -20,6 +20,8 @@ def prefect_defaults() -> dict[str, str]:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_LOCAL_STORAGE_PATH": str(settings.results_dir),
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        # No machine here reaches the internet; telemetry would only log an error on every server start.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     if settings.result_storage:
         env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] = settings.result_storage
