@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -81,6 +82,7 @@ def _options_from_columns(row: dict[str, Any]) -> dict[str, str]:
     return options
 
 
+@lru_cache(maxsize=256)
 def subject_from_path(source: str | None) -> str | None:
     """C-Eval names files ``clinical_medicine_val.csv``; CMMLU ``anatomy.csv``. The subject is the stem."""
     if not source:
