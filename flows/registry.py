@@ -28,6 +28,11 @@ FLOWS: dict[str, FlowSpec] = {
     for spec in [
         FlowSpec("prepare-data", "flows.prepare_data:prepare_data", "Validate and convert datasets, with manifests"),
         FlowSpec(
+            "data-synthesis",
+            "flows.data_synthesis:data_synthesis",
+            "SFT data for the five health agents (templates and/or an LLM), deduplicated, with cost control",
+        ),
+        FlowSpec(
             "bailian-upload",
             "flows.bailian_upload:bailian_upload",
             "MedQA → Bailian SFT files, split, cost estimate, upload and fine-tune job (dry run by default)",

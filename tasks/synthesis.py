@@ -1,0 +1,161 @@
+"""Synthesis tasks: one cached task per batch of samples, one per agent to merge, deduplicate and write.
+
+Thin wrappers over :mod:`medtune_core.synthesis`. A batch task writes its samples and rejects to a batch
+file under ``<output_dir>/.batches`` and returns a :class:`Manifest` of it, so a re-run serves finished
+batches from the cache (and :func:`tasks.base.call_fresh` regenerates one whose file has gone). Output
+folders are passed as strings: their changing contents must not enter the cache keys.
+
+LLM batches resolve the API key inside the task (never an input, result or artifact). A batch the budget
+stopped raises :class:`BudgetStop` (not retried, not cached): the flow stops issuing batches, writes what it
+has and fails with a message; a re-run with a higher budget gets the finished batches from the Prefect
+cache and every answer already paid for from the LLM response cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.cache_policies import TASK_SOURCE
+from pydantic import BaseModel, Field
+
+from medtune_core.dataio import Manifest
+from medtune_core.errors import MedtuneError
+from medtune_core.hashing import file_sha256
+from medtune_core.synthesis import DedupConfig, finalize_agent, load_batch, save_batch, seed_batch
+from tasks.base import medtune_task
+from tasks.caching import ContentInputs
+from tasks.retries import retry_on_transient_network
+from tasks.secrets import resolve_secret
+
+KEY_ENV = ("OPENAI_API_KEY", "MEDTUNE_OPENAI_API_KEY")
+
+
+class BudgetStop(MedtuneError):
+    """The budget cap stopped a batch before it finished (nothing over the cap was sent)."""
+
+
+class LLMEndpoint(BaseModel):
+    """Where LLM batches send their requests; no secret in here (the key is resolved inside the task)."""
+
+    model: str = "deepseek-chat"
+    base_url: str | None = None
+    concurrency: int = 16
+    temperature: float = 0.7
+    api_key_block: str | None = Field(None, description="Prefect Secret block holding the key (else the env).")
+    cache_path: str | None = Field(
+        None, description="SQLite response cache; default $MEDTUNE_HOME/cache/llm_responses.sqlite"
+    )
+    prices: dict[str, dict[str, Any]] | None = None
+
+
+def batch_path(output_dir: str, source: str, agent: str, start: int, count: int) -> Path:
+    return Path(output_dir) / ".batches" / f"{agent}_{source}_{start:07d}_{count}.jsonl"
+
+
+def _batch_manifest(path: Path, rows: int, extra: dict[str, Any]) -> Manifest:
+    return Manifest(
+        path=str(path),
+        format="synthesis-batch",
+        kind="batch",
+        rows=rows,
+        sha256=file_sha256(path),
+        bytes=path.stat().st_size,
+        extra=extra,
+    )
+
+
+@medtune_task(name="synthesis-seed-batch")
+def seed_batch_task(agent: str, seed: int, start: int, count: int, output_dir: str, template_version: str) -> Manifest:
+    """Template-mode samples ``start .. start+count-1`` of ``agent``, validated, saved as a batch file."""
+    result = seed_batch(agent, seed, start, count)
+    path = save_batch(batch_path(output_dir, "seed", agent, start, count), result)
+    return _batch_manifest(
+        path, len(result.accepted), {"agent": agent, "rejected": len(result.rejects), "template": template_version}
+    )
+
+
+def _budget_not_retried(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except BudgetStop:
+        return False
+    except BaseException:
+        pass
+    return retry_on_transient_network(task, task_run, state)
+
+
+@medtune_task(
+    name="synthesis-llm-batch",
+    retry="network",
+    retry_condition_fn=_budget_not_retried,
+    cache_policy=TASK_SOURCE + ContentInputs(exclude=["budget"]),
+)
+def llm_batch_task(
+    agent: str, seed: int, start: int, count: int, output_dir: str, endpoint: LLMEndpoint, budget: float | None
+) -> Manifest:
+    """LLM-mode samples of one batch; ``budget`` (left for this run) is not part of the cache key."""
+    from medtune_core.llm import LLMConfig
+    from medtune_core.settings import get_settings
+    from medtune_core.synthesis.llm_mode import run_llm_batch_sync
+
+    key = resolve_secret(KEY_ENV, endpoint.api_key_block)
+    local = endpoint.base_url is not None and ("127.0.0.1" in endpoint.base_url or "localhost" in endpoint.base_url)
+    if key is None and not local:
+        raise MedtuneError("no API key for LLM mode: set OPENAI_API_KEY or name a Prefect Secret block")
+    cache = endpoint.cache_path or str(get_settings().cache_dir / "llm_responses.sqlite")
+    config = LLMConfig(
+        model=endpoint.model,
+        base_url=endpoint.base_url,
+        api_key=key or "EMPTY",
+        concurrency=endpoint.concurrency,
+        budget=budget,
+        cache_path=Path(cache),
+        prices=endpoint.prices,
+    )
+    outcome = run_llm_batch_sync(config, agent, seed, start, count, params={"temperature": endpoint.temperature})
+    if outcome.budget_stopped:
+        raise BudgetStop(f"{agent} batch {start}: budget reached, {len(outcome.missing)} samples not sent")
+    if outcome.failed:
+        raise MedtuneError(f"{agent} batch {start}: {outcome.failed} requests failed after retries")
+    path = save_batch(batch_path(output_dir, "llm", agent, start, count), outcome.result)
+    get_run_logger().info(
+        "%s batch %d: %d accepted, %d rejected, %d+%d tokens, cost %.6f %s",
+        agent,
+        start,
+        len(outcome.result.accepted),
+        len(outcome.result.rejects),
+        outcome.input_tokens,
+        outcome.output_tokens,
+        outcome.cost,
+        outcome.currency,
+    )
+    extra = {
+        "agent": agent,
+        "rejected": len(outcome.result.rejects),
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "cost": outcome.cost,
+        "currency": outcome.currency,
+    }
+    return _batch_manifest(path, len(outcome.result.accepted), extra)
+
+
+@medtune_task(name="synthesis-finalize")
+def finalize_task(
+    agent: str,
+    batches: list[Manifest],
+    output_dir: str,
+    source: str,
+    output_format: str,
+    dedup: DedupConfig,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Merge an agent's batches, drop duplicates across them and write ``{agent}_seed|sft_data.jsonl``."""
+    results = [load_batch(m.path) for m in batches]
+    totals = {k: sum(m.extra.get(k, 0) for m in batches) for k in ("input_tokens", "output_tokens", "cost")}
+    manifest, report = finalize_agent(
+        output_dir, agent, results, source=source, output_format=output_format, dedup=dedup, extra={**extra, **totals}
+    )
+    return {"manifest": manifest, "report": report.as_dict()}

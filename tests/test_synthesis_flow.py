@@ -1,0 +1,127 @@
+"""Flow ``data-synthesis`` on the real Prefect engine: template mode for all agents, cached re-runs, a lost batch
+regenerated alone, LLM mode against the fake OpenAI server, and the nightly deployment definition."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from uuid import UUID
+
+from flows.data_synthesis import DataSynthesisParams, data_synthesis, nightly_deployment, seed_for_date
+from flows.registry import load_flow
+from medtune_core.dataio import DatasetReader, Manifest
+
+AGENTS = ["preprocess", "critic", "check_rag", "diagnosis", "drug"]
+
+
+def task_states(flow_run_id: UUID, expected: int) -> dict[str, list[str]]:
+    """Final state names of a flow run's task runs by task name (task states reach the server asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    states: dict[str, list[str]] = {}
+    for _ in range(60):
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+            )
+        states = {}
+        for r in runs:
+            name = r.state_name or (r.state.name if r.state else "?")
+            states.setdefault(r.name.rsplit("-", 1)[0], []).append(name)
+        names = [n for v in states.values() for n in v]
+        if len(names) >= expected and all(n in ("Cached", "Completed") for n in names):
+            break
+        time.sleep(0.5)
+    return states
+
+
+def test_seed_mode_all_agents_then_cached(prefect_harness, tmp_path: Path) -> None:
+    params = DataSynthesisParams(agents="all", mode="seed", num_samples=50, output_dir=tmp_path, batch_size=20)
+    state = data_synthesis(params=params, return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert sorted(k for k in out if k != "summary") == sorted(f"{a}.seed" for a in AGENTS)
+    for agent in AGENTS:
+        path = Path(out[f"{agent}.seed"])
+        assert path.name == f"{agent}_seed.jsonl"
+        assert len(list(DatasetReader(path, policy="strict"))) == Manifest.load(path).rows >= 48
+    summary = json.loads(Path(out["summary"]).read_text(encoding="utf-8"))
+    assert [a["agent"] for a in summary["agents"]] == AGENTS
+    first = {a: Path(out[f"{a}.seed"]).read_bytes() for a in AGENTS}
+
+    again = data_synthesis(params=params, return_state=True)
+    assert again.is_completed()
+    states = task_states(again.state_details.flow_run_id, 20)
+    assert set(states["synthesis-seed-batch"]) == {"Cached"} and len(states["synthesis-seed-batch"]) == 15
+    assert set(states["synthesis-finalize"]) == {"Cached"}
+    assert {a: Path(out[f"{a}.seed"]).read_bytes() for a in AGENTS} == first
+
+    # a lost batch file (a half-done run) is regenerated alone; the data comes out identical
+    lost = tmp_path / ".batches" / "drug_seed_0000020_20.jsonl"
+    lost.unlink()
+    third = data_synthesis(params=params, return_state=True)
+    assert third.is_completed()
+    states = task_states(third.state_details.flow_run_id, 20)
+    batch_states = states["synthesis-seed-batch"]
+    assert batch_states.count("Completed") == 1 and batch_states.count("Cached") == 15
+    assert lost.is_file() and Path(out["drug.seed"]).read_bytes() == first["drug"]
+
+
+def test_cli_style_parameters_and_registry(tmp_path: Path) -> None:
+    flow_obj, model = load_flow("data-synthesis")
+    assert flow_obj is data_synthesis and model is DataSynthesisParams
+    p = model.model_validate({"output_dir": str(tmp_path)})
+    assert p.agent_list() == AGENTS and {p.size_of(a) for a in AGENTS} == {50} and p.mode == "seed"
+    p = model.model_validate({"agents": "critic,drug", "sizes": "recommended", "mode": "both"})
+    assert p.agent_list() == ["critic", "drug"] and p.size_of("drug") == 5000 and p.sources() == ["seed", "llm"]
+    form = model.model_json_schema()
+    assert "enum" in json.dumps(form["properties"]["agents"]) and "mode" in form["properties"]
+
+
+def test_llm_mode_against_fake_server_then_cached(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    pytest.importorskip("medtune_core.llm.client", reason="the LLM client layer is not there yet")
+    fake = pytest.importorskip("tests.fakes.openai_server", reason="the fake OpenAI server is not there yet")
+    from tests.test_synthesis_llm import template_responder
+
+    FakeOpenAIServer = fake.FakeOpenAIServer
+
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    with FakeOpenAIServer(responder=template_responder) as server:
+        params = DataSynthesisParams(
+            agents=["critic", "check_rag"],
+            mode="both",
+            num_samples=6,
+            model="fake-model",
+            base_url=server.base_url,
+            output_dir=tmp_path / "out",
+            batch_size=4,
+        )
+        state = data_synthesis(params=params, return_state=True)
+        assert state.is_completed(), state.message
+        out = state.result()
+        assert set(out) == {"critic.seed", "check_rag.seed", "critic.llm", "check_rag.llm", "summary"}
+        for key in ("critic.llm", "check_rag.llm"):
+            assert Path(out[key]).name.endswith("_sft_data.jsonl")
+            assert len(list(DatasetReader(out[key], policy="strict"))) == 6
+        sent = server.total
+        assert sent == 12
+        again = data_synthesis(params=params, return_state=True)
+        assert again.is_completed() and server.total == sent  # nothing sent twice
+
+
+def test_nightly_deployment_definition() -> None:
+    import datetime as dt
+
+    dep = nightly_deployment()
+    assert dep.name == "nightly"
+    schedule = dep.schedules[0].schedule
+    assert schedule.cron == "0 2 * * *" and schedule.timezone == "Asia/Shanghai"
+    assert dep.parameters["params"]["seed"] is None
+    assert seed_for_date(dt.date(2026, 11, 3)) == 20261103
