@@ -258,7 +258,7 @@ def _install_template(tokenizer: Any, config: StageConfig, *, need_markers: bool
 BuildTrainer = Callable[[StageContext], Any]
 
 
-def run_stage(
+def setup_stage(
     config: StageConfig,
     build_trainer: BuildTrainer,
     *,
@@ -268,8 +268,8 @@ def run_stage(
     sequence_classification: bool = False,
     need_markers: bool = False,
     extra: dict[str, Any] | None = None,
-) -> StageResult:
-    """Run one stage end to end (see the module docstring)."""
+) -> tuple[Any, StageContext]:
+    """Steps 1-4 of the module docstring without training: the ready trainer and its context."""
     from transformers import set_seed
 
     out = Path(config.output_dir)
@@ -312,23 +312,37 @@ def run_stage(
         trainer.add_callback(_tensorboard_callback(out / "tensorboard"))
     for cb in callbacks:
         trainer.add_callback(cb)
-    meter = count_tokens_hook(trainer)
-    resume_from = last_checkpoint(checkpoints) if config.resume else None
+    ctx.extra["meter"] = count_tokens_hook(trainer)
+    ctx.extra["sequence_classification"] = sequence_classification
+    return trainer, ctx
+
+
+def train_and_save(trainer: Any, ctx: StageContext) -> StageResult:
+    """Step 4-5: train (resuming when a checkpoint exists), evaluate, save outputs and metrics."""
+    config = ctx.config
+    out = Path(config.output_dir)
+    resume_from = last_checkpoint(out / "checkpoints") if config.resume else None
     if resume_from:
         log.info("%s: resuming from %s", config.stage, resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
-    if eval_ds is not None:
+    if ctx.eval_dataset is not None:
         trainer.log(trainer.evaluate())
 
-    result = _save(trainer, ctx, out, sequence_classification)
-    metrics = summarise(trainer.state.log_history, meter)
-    metrics.update(stage=config.stage, resumed_from=resume_from, data=stats)
+    result = _save(trainer, ctx, out, ctx.extra.get("sequence_classification", False))
+    metrics = summarise(trainer.state.log_history, ctx.extra.get("meter"))
+    metrics.update(stage=config.stage, resumed_from=resume_from, data=ctx.stats)
     write_metrics(out / "metrics.json", metrics)
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str) + "\n")
     result.metrics = metrics
     result.loss_curve = plot_loss_curve(trainer.state.log_history, out / "loss_curve.png", f"{config.stage} loss")
     (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return result
+
+
+def run_stage(config: StageConfig, build_trainer: BuildTrainer, **kwargs: Any) -> StageResult:
+    """Run one stage end to end (see the module docstring); ``kwargs`` as for :func:`setup_stage`."""
+    trainer, ctx = setup_stage(config, build_trainer, **kwargs)
+    return train_and_save(trainer, ctx)
 
 
 def _save(trainer: Any, ctx: StageContext, out: Path, sequence_classification: bool) -> StageResult:

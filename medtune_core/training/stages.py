@@ -29,7 +29,7 @@ from medtune_core.training.config import (
     StageConfig,
 )
 from medtune_core.training.data import load_rows, to_dataset
-from medtune_core.training.runner import StageContext, StageResult, run_stage
+from medtune_core.training.runner import StageContext, StageResult, setup_stage, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +397,33 @@ class Stage:
     need_markers: bool = False
     uses_reference: bool = False
 
+    def _config(self, config: StageConfig | dict[str, Any]) -> StageConfig:
+        if isinstance(config, self.config_cls):
+            return config
+        data = config if isinstance(config, dict) else config.model_dump(exclude_unset=True)
+        return self.config_cls.model_validate(data)
+
+    def setup(
+        self,
+        config: StageConfig | dict[str, Any],
+        *,
+        adapter: str | Path | None = None,
+        callbacks: Sequence[Any] = (),
+        **extra: Any,
+    ) -> tuple[Any, StageContext]:
+        """The ready trainer and its context, without training (inspection, benchmarks)."""
+        config = self._config(config)
+        return setup_stage(
+            config,
+            self.build,
+            prepare_data=self.prepare,
+            adapter=adapter,
+            callbacks=callbacks,
+            sequence_classification=self.sequence_classification,
+            need_markers=self.need_markers and getattr(config, "assistant_only_loss", True),
+            extra=extra,
+        )
+
     def run(
         self,
         config: StageConfig | dict[str, Any],
@@ -405,21 +432,9 @@ class Stage:
         callbacks: Sequence[Any] = (),
         **extra: Any,
     ) -> StageResult:
-        if not isinstance(config, self.config_cls):
-            config = self.config_cls.model_validate(
-                config if isinstance(config, dict) else config.model_dump(exclude_unset=True)
-            )
-        need_markers = self.need_markers and getattr(config, "assistant_only_loss", True)
-        return run_stage(
-            config,
-            self.build,
-            prepare_data=self.prepare,
-            adapter=adapter,
-            callbacks=callbacks,
-            sequence_classification=self.sequence_classification,
-            need_markers=need_markers,
-            extra=extra,
-        )
+        """Train the stage; ``extra`` reaches the builder (e.g. ``reward_funcs=[...]`` for grpo/rloo)."""
+        trainer, ctx = self.setup(config, adapter=adapter, callbacks=callbacks, **extra)
+        return train_and_save(trainer, ctx)
 
 
 STAGES: dict[str, Stage] = {}
