@@ -33,6 +33,11 @@ FLOWS: dict[str, FlowSpec] = {
             "SFT data for the five health agents (templates and/or an LLM), deduplicated, with cost control",
         ),
         FlowSpec(
+            "eval-driven-recall",
+            "flows.eval_driven_recall:eval_driven_recall",
+            "Recall pool rows like a benchmark's questions: leakage guard, decontamination, random mix, control",
+        ),
+        FlowSpec(
             "bailian-upload",
             "flows.bailian_upload:bailian_upload",
             "MedQA → Bailian SFT files, split, cost estimate, upload and fine-tune job (dry run by default)",

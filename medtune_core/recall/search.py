@@ -42,6 +42,9 @@ class RecallConfig:
     hnsw_m: int = 32
     ef_search: int = 128
     use_gpu: bool = False  # use GPU faiss when the installed faiss has GPUs
+    #: Pool rows per BLAS block in faiss's exact search (its default 1024 makes small GEMMs; 16384 measured 1.6x
+    #: faster here and beats a bare ``Q @ P.T``, at 64 MB of scores per 1,000 queries).
+    blas_block: int = 16384
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -99,6 +102,19 @@ def search_store(
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or (len(store) and q.shape[1] != store.dim):
         raise MedtuneError(f"query vectors of shape {q.shape} do not match the store's dimension {store.dim}")
+    old_block = faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_database_bs = config.blas_block
+    try:
+        return _search_store(q, store, config)
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = old_block
+
+
+def _search_store(
+    q: np.ndarray, store: VectorStore, config: RecallConfig
+) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, int]]]:
+    import faiss
+
     nq, k = len(q), config.top_k
     best_d = np.full((nq, 0), -np.inf, dtype=np.float32)
     best_i = np.full((nq, 0), -1, dtype=np.int64)

@@ -1,0 +1,172 @@
+"""Flow ``eval-driven-recall`` (seed 1): embed a benchmark and a training pool, recall the nearest rows, guard against
+leakage, decontaminate, mix in random rows, write the training set and a same-size random control set.
+
+DAG: embed eval set (cached by content) → split pool into text shards → embed each shard (one cached task per
+shard: a killed run re-embeds nothing it finished) → recall (threshold, leakage guard, union + dedup) → stats table
+and score histogram artifacts → decontaminate + mix + write train/control → [train and evaluate: hook, see below].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow
+from pydantic import BaseModel, Field, model_validator
+
+import medtune_core
+from medtune_core.errors import MedtuneError
+from medtune_core.recall import EmbeddingConfig, EvalTextMode, MixConfig, RecallConfig, TextMode
+from tasks.artifacts import publish_markdown, publish_table
+from tasks.base import call_fresh
+from tasks.recall import decontaminate_and_mix, embed_eval_set, embed_pool_shard, recall_task, split_pool_task
+
+SAMPLES = Path(medtune_core.__file__).parent / "samples"
+#: The seed's threshold is for semantic embeddings; character n-gram cosines of related texts run lower.
+DEFAULT_THRESHOLDS = {"sentence-transformers": 0.75, "openai-api": 0.75, "ngram-hash": 0.3}
+
+
+class EvalDrivenRecallParams(BaseModel):
+    """Recall training rows like the benchmark's questions from a pool, with leakage guards and a random control."""
+
+    output_dir: Path = Field(Path("out/eval-driven-recall"), description="Where vectors, sets and reports go.")
+    benchmark_files: list[Path] = Field(
+        default_factory=lambda: [SAMPLES / "benchmark"],
+        description="C-Eval/CMMLU CSV, C-Eval JSONL or MedQA JSONL files or folders. Default: the sample benchmark.",
+    )
+    subjects: list[str] = Field(default_factory=list, description="Keep only these subjects (empty: all).")
+    pool_files: list[Path] = Field(
+        default_factory=lambda: [SAMPLES / "pool"],
+        description="Training pool files or folders in any chat/QA/preference/MCQ format. Default: the sample pool.",
+    )
+    backend: Literal["ngram-hash", "sentence-transformers", "openai-api"] = Field(
+        "ngram-hash",
+        description="ngram-hash: model-free, works on Chinese; sentence-transformers: local model; openai-api: an "
+        "OpenAI-compatible embeddings endpoint (key from OPENAI_API_KEY etc.).",
+    )
+    model: str | None = Field(
+        None,
+        description="sentence-transformers: embedded:minilm-l6 (default, English only), a folder or cached hub id "
+        "(e.g. paraphrase-multilingual-MiniLM-L12-v2 for Chinese); openai-api: the model name (embedding-3, ...).",
+    )
+    base_url: str | None = Field(None, description="openai-api: the endpoint (default OPENAI_BASE_URL).")
+    batch_size: int = Field(64, ge=1, le=4096, description="Texts per model batch / API request.")
+    device: str | None = Field(None, description="sentence-transformers device (cpu, cuda).")
+    eval_text: EvalTextMode = Field(EvalTextMode.QUESTION, description="What of a question is embedded.")
+    pool_text: TextMode = Field(TextMode.FIRST_USER, description="What of a pool row is embedded.")
+    shard_size: int = Field(50_000, ge=100, description="Pool rows per embedding shard (the unit of caching).")
+    top_k: int = Field(50, ge=1, le=1000, description="Rows recalled per question (seed: 50, range 30-100).")
+    similarity_threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Minimum cosine similarity (seed: 0.75, range 0.70-0.85). Empty: 0.75 for model backends, "
+        "0.3 for ngram-hash (character n-gram cosines run lower).",
+    )
+    max_similarity: float = Field(
+        0.99,
+        ge=-1.0,
+        le=1.0,
+        description="Leakage guard: drop any pool row more similar than this to any question (seed: 0.99; its "
+        "anti-cheating advice: 0.95).",
+    )
+    index: Literal["flat", "ivf", "hnsw"] = Field("flat", description="flat: exact; ivf/hnsw: approximate, huge pools.")
+    decontam_n: int = Field(13, ge=4, le=200, description="Drop rows sharing this many characters with the eval set.")
+    mix_ratio: float = Field(0.25, ge=0.0, lt=1.0, description="Share of random non-recalled rows in the training set.")
+    output_format: Literal["sharegpt", "messages"] = Field("sharegpt", description="Training file format.")
+    control: bool = Field(True, description="Also write a random control set of the same size.")
+    seed: int = Field(0, description="Seed of the random mix, the control and the shuffles.")
+    train_and_evaluate: bool = Field(
+        False,
+        description="Train on the recalled and control sets and compare (needs the training core; not available yet).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalDrivenRecallParams:
+        if self.max_similarity < self.threshold:
+            raise ValueError(f"max_similarity {self.max_similarity} is below similarity_threshold {self.threshold}")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        if self.similarity_threshold is not None:
+            return self.similarity_threshold
+        return DEFAULT_THRESHOLDS[self.backend]
+
+    def embedding(self) -> EmbeddingConfig:
+        options: dict[str, Any] = {}
+        if self.backend == "openai-api" and self.base_url:
+            options["base_url"] = self.base_url
+        return EmbeddingConfig(self.backend, self.model, self.batch_size, self.device, options)
+
+    def recall_config(self) -> RecallConfig:
+        return RecallConfig(self.top_k, self.threshold, self.max_similarity, self.index)
+
+    def mix_config(self) -> MixConfig:
+        return MixConfig(self.mix_ratio, self.seed, self.output_format, self.control)
+
+
+def train_and_evaluate_hook(params: EvalDrivenRecallParams, outputs: dict[str, str]) -> dict[str, str]:
+    """Seed 1's last stage: SFT one base model on ``train.jsonl`` and on ``control.jsonl`` with identical settings,
+    evaluate base / control / recalled (``medtune_core.recall.evaluate``), publish the comparison.
+
+    Not wired yet: it needs the training core (the ``rlhf-training`` issue). Until then the flow refuses the option
+    instead of pretending to train.
+    """
+    raise MedtuneError(
+        "train_and_evaluate needs the training core, which is not available yet; train on "
+        f"{outputs.get('train')} and {outputs.get('control')} yourself and compare the result files with "
+        "medtune_core.recall.evaluate.compare_results"
+    )
+
+
+@flow(name="eval-driven-recall", log_prints=True)
+def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
+    """Recall, guard, decontaminate, mix; returns the output paths (train, control, reports)."""
+    out = params.output_dir
+    embedding = params.embedding()
+    eval_vectors = call_fresh(
+        embed_eval_set, params.benchmark_files, params.subjects, params.eval_text, embedding, str(out / "eval_vectors")
+    )
+    texts = call_fresh(split_pool_task, params.pool_files, params.pool_text, params.shard_size, str(out / "pool_texts"))
+    shards = [call_fresh(embed_pool_shard, Path(t.path), embedding, str(out / "pool_vectors")) for t in texts]
+    found = call_fresh(
+        recall_task,
+        eval_vectors,
+        shards,
+        str(out / "pool_vectors"),
+        params.benchmark_files,
+        params.subjects,
+        params.recall_config(),
+        str(out),
+    )
+    publish_table("recall-stats", found["stats"], "Recall per subject (threshold, leakage guard applied)")
+    publish_markdown(
+        "recall-score-histogram",
+        f"Score histogram: `{found['histogram']}` — {found['recalled'].rows} rows recalled, "
+        f"{found['leaked'].rows} caught by the leakage guard (max_similarity {params.max_similarity}).",
+    )
+    sets = call_fresh(
+        decontaminate_and_mix,
+        params.pool_files,
+        shards,
+        str(out / "pool_vectors"),
+        found["recalled"],
+        params.benchmark_files,
+        params.subjects,
+        params.decontam_n,
+        params.mix_config(),
+        str(out),
+    )
+    publish_table("recall-training-set", [sets["summary"]], "Training set: recalled + random, and the control")
+    outputs = {
+        "train": sets["train"].path,
+        "recalled": found["recalled"].path,
+        "leaked": found["leaked"].path,
+        "histogram": found["histogram"],
+        "stats": str(out / "recall_stats.json"),
+        **{k: v for k, v in sets["paths"].items() if k not in ("train",)},
+    }
+    if params.train_and_evaluate:
+        outputs.update(train_and_evaluate_hook(params, outputs))
+    return outputs
