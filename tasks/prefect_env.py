@@ -22,6 +22,8 @@ def prefect_defaults() -> dict[str, str]:
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
         # No machine here reaches the internet; telemetry would only log an error on every server start.
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The ephemeral server needs 8-26 s on a busy 2-core machine; Prefect's default wait is shorter.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
     if settings.result_storage:
         env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] = settings.result_storage
