@@ -84,7 +84,7 @@ def diagnosis_responder(req: FakeRequest) -> str:
 # ----------------------------------------------------------------------------------------------------- retries
 def test_retries_on_429_500_timeout_lose_and_duplicate_nothing(server):
     server.add_faults("429:0.05", "500", "timeout", "503", "disconnect", "429ms:20")
-    client = make_client(server, timeout_s=0.3)
+    client = make_client(server, timeout_s=1.5)  # generous: a loaded 2-core machine must not time out a healthy request
     requests = [ChatRequest(user(f"q{i:02d}")) for i in range(30)]
 
     results = run(client.run_many(requests))
@@ -291,9 +291,14 @@ def test_run_killed_midway_then_rerun_resends_only_unanswered(server, tmp_path):
     requests = [ChatRequest(user(f"k{i}")) for i in range(20)]
 
     async def killed() -> None:
+        """Cancel the batch once a few answers are in (by count, not by time: CI machines are slow)."""
         client = make_client(server, tmp_path, concurrency=2)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(client.run_many(requests), timeout=0.25)
+        batch = asyncio.ensure_future(client.run_many(requests))
+        while server.total < 4:
+            await asyncio.sleep(0.01)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
 
     run(killed())
     answered_before = server.total
