@@ -38,6 +38,11 @@ FLOWS: dict[str, FlowSpec] = {
             "Recall pool rows like a benchmark's questions: leakage guard, decontamination, random mix, control",
         ),
         FlowSpec(
+            "rlhf-training",
+            "flows.rlhf_training:rlhf_training",
+            "PT/SFT/RM/DPO/ORPO/KTO/GRPO/RLOO stages chained on one base model, cached per stage, CUDA pool aware",
+        ),
+        FlowSpec(
             "bailian-upload",
             "flows.bailian_upload:bailian_upload",
             "MedQA → Bailian SFT files, split, cost estimate, upload and fine-tune job (dry run by default)",
