@@ -221,6 +221,29 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def deploy(
+    gpus: Annotated[int, typer.Option(help="GPUs behind the medtune-cuda pool: its concurrency limit.")] = 1,
+    cuda_pool_type: Annotated[str, typer.Option(help="process (worker on a GPU host) or docker.")] = "process",
+) -> None:
+    """Create the work pools if missing and deploy every flow (deployments/prefect.yaml)."""
+    from flows.deploy import deploy_all
+
+    try:
+        deploy_all(gpus=gpus, cuda_pool_type=cuda_pool_type)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    typer.echo("deployed; start workers with: prefect worker start --pool medtune-cpu  (and --pool medtune-cuda)")
+
+
+@app.command()
+def serve() -> None:
+    """Serve every flow from this one process (single machine, no worker needed)."""
+    from flows.deploy import serve_all
+
+    serve_all()
+
+
 #: Command groups that live in their flow's own CLI module (kept light: heavy imports inside commands).
 SUBAPPS = {
     "bailian": ("flows.cli_bailian", "Bailian (Alibaba Cloud Model Studio): convert, split, estimate, upload, jobs.")
@@ -240,7 +263,20 @@ def _mount_subapps() -> None:
         app.add_typer(sub, name=name, help=help_text)
 
 
+#: Modules whose ``COMMANDS`` (name → function) become top-level commands (infer, chat, api, ui, safety-eval).
+COMMAND_MODULES = ["flows.cli_serving"]
+
+
+def _mount_commands() -> None:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        for name, fn in importlib.import_module(module).COMMANDS.items():
+            app.command(name)(fn)
+
+
 _mount_subapps()
+_mount_commands()
 
 
 def main() -> None:
