@@ -159,6 +159,34 @@ def test_llm_client_uses_the_server_as_base_url(server: BackgroundServer) -> Non
     assert res.ok and 1 <= res.usage.completion_tokens <= 4 and res.usage.prompt_tokens > 0
 
 
+def test_embeddings_endpoint_for_sdk_and_llm_client() -> None:
+    import asyncio
+    import math
+
+    from medtune_core.llm import LLMClient, LLMConfig
+    from medtune_core.serving.openai_server import Embedder
+
+    embedder = Embedder("embedded:minilm-l6")
+    with BackgroundServer(create_app(None, embedder=embedder)) as srv:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="any", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["minilm-l6"]
+        r = c.embeddings.create(model="minilm-l6", input=["headache", "chest pain"])  # SDK asks base64, decodes
+        assert [d.index for d in r.data] == [0, 1] and len(r.data[0].embedding) == 384
+        assert math.isclose(sum(x * x for x in r.data[0].embedding), 1.0, rel_tol=1e-4)
+        expected, _ = embedder.embed(["headache"])
+        assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(r.data[0].embedding, expected[0], strict=True))
+        assert r.usage.prompt_tokens > 0
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+
+        async def go():
+            async with LLMClient(LLMConfig(model="minilm-l6", base_url=srv.base_url, api_key="any")) as llm:
+                return await llm.embeddings(["fever", "cough", "fever"])
+
+        res = asyncio.run(go())
+        assert res.ok and len(res.vectors) == 3 and res.vectors[0] == res.vectors[2]
+
+
 # -------------------------------------------------------------------------------------------------- chat
 def test_chat_cli_two_turns_reset_exit(tiny: Path) -> None:
     pexpect = pytest.importorskip("pexpect", reason="pexpect drives the chat CLI through a pseudo-terminal")
