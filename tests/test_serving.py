@@ -457,3 +457,21 @@ def test_safety_on_generations_file_with_judge_and_table(tmp_path: Path) -> None
     table = comparison_table({"sft": {"gold": m}, "rl": {"gold": SafetyMetrics(4, 4, 4, 0)}}, title="t")
     assert "| sft | gold | 4 | 50.0% (2/4) | 50.0% (2/4) | 25.0% (1/4) | 25.0% (1/4) | 25.0% (1/4) |" in table
     assert "| rl | gold | +50.0 | +50.0 | -25.0 |" in table
+
+
+def test_cli_infer_then_safety_eval_on_its_generations(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    redteam = REPO / "medtune_core" / "samples" / "redteam_zh.jsonl"
+    gens = tmp_path / "redteam.jsonl"
+    runner = CliRunner()
+    args = ["infer", str(redteam), str(gens), "--model", str(tiny), "--limit", "3", "--max-new-tokens", "3"]
+    res = runner.invoke(app, [*args, "--temperature", "0", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["rows"] == 3
+    res = runner.invoke(app, ["safety-eval", "--generations", str(gens), "--label", "tiny", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "| tiny | redteam | 3 | 0.0% (0/3) |" in res.stdout
+    assert (tmp_path / "safety_report.json").is_file() and (tmp_path / "safety_table.md").is_file()
