@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= dev
+EXTRAS ?= dev,serve
 # Extra pip arguments for torch (e.g. an index of CPU-only wheels for slim images); empty on these machines,
 # where `torch==2.13.0` takes the CPU wheel already on disk.
 TORCH_PIP_ARGS ?=
