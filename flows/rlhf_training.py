@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 from medtune_core.training import AdapterType, stage_config
 from medtune_core.training.pipeline import validate_chain
 from tasks.artifacts import publish_table
+from tasks.safety import SafetyEvalOptions, safety_compare, safety_eval
 from tasks.training import resolve_base, run_stage_here, train_stage_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +63,11 @@ class RLHFTrainingParams(BaseModel):
     cuda_deployment: str | None = Field(
         None, description="run stages on the CUDA pool through this deployment (e.g. train-stage/cuda)"
     )
+    safety_eval: bool = Field(True, description="seed 3 safety metrics on the gold and red-team sets after each stage")
+    safety: SafetyEvalOptions = Field(
+        default_factory=lambda: SafetyEvalOptions(limit=8, max_new_tokens=96),
+        description="Safety evaluation settings (default: a quick look, 8 prompts a set, 96 new tokens)",
+    )
 
     @model_validator(mode="after")
     def _apply_recipe(self) -> RLHFTrainingParams:
@@ -95,6 +101,7 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
     outputs: dict[str, str] = {}
     rows = []
     reward_model: str | None = None
+    safety_reports: list[str] = []
     for i, cfg in enumerate(params.stage_configs(str(base))):
         config = cfg.model_dump(mode="json", exclude_unset=False)
         if reward_model and "reward_model" in config and not config["reward_model"]:
@@ -107,6 +114,17 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
         else:
             base = Path(result["merged_dir"])
             outputs["model"] = str(base)
+        if params.safety_eval and cfg.stage != "rm":
+            report = safety_eval(
+                Path(result["merged_dir"]),
+                key,
+                str(params.output_dir / "safety" / key),
+                None,
+                params.safety,
+                list(safety_reports),
+            )
+            safety_reports.append(report["report"])
+            outputs[f"safety-{key}"] = report["table"]
         m = result.get("metrics", {})
         rows.append(
             {
@@ -121,6 +139,8 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
             }
         )
     publish_table("rlhf-training-stages", rows, "Per-stage metrics, loss curves and models")
+    if len(safety_reports) > 1:
+        safety_compare(safety_reports, "rlhf-training-safety", "Safety metrics after each stage")
     return outputs
 
 

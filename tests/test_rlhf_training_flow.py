@@ -8,6 +8,7 @@ import pytest
 
 from flows.registry import load_flow
 from flows.rlhf_training import RECIPES, RLHFTrainingParams, StageSpec
+from tasks.safety import SafetyEvalOptions
 from medtune_core.errors import MedtuneError
 
 QUICK = {"max_steps": 2, "batch_size": 2, "max_length": 96, "save_steps": 1000, "report_to": []}
@@ -36,9 +37,12 @@ def test_rlhf_training_flow_sft_dpo_tiny_and_cached_rerun(prefect_harness: None,
             StageSpec(stage=s.stage, train_files=s.train_files, settings={**QUICK, "learning_rate": 1e-3})
             for s in default.stages
         ],
+        safety=SafetyEvalOptions(limit=2, max_new_tokens=8),
     )
     out = flow_obj(params)
-    assert set(out) == {"1-sft", "2-dpo", "model"}
+    assert set(out) == {"1-sft", "2-dpo", "model", "safety-1-sft", "safety-2-dpo"}
+    table = Path(out["safety-2-dpo"]).read_text(encoding="utf-8")
+    assert "1-sft" in table and "2-dpo" in table  # the DPO table compares against the SFT stage
     assert Path(out["model"]) == tmp_path / "run" / "2-dpo" / "merged"
     assert (Path(out["model"]) / "chat_template.jinja").is_file()
     metrics = Path(out["2-dpo"]) / "metrics.json"
