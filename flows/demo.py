@@ -19,7 +19,8 @@ DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
     ("prepare-data", {}),
     ("data-synthesis", {"mode": "seed", "agents": "all", "num_samples": 50}),
     ("eval-driven-recall", {}),
-    ("rlhf-training", {}),
+    # SFT -> DPO, a few steps each on the embedded SmolLM2, then the safety evaluation of each stage's model
+    ("rlhf-training", {"safety": {"limit": 4, "max_new_tokens": 64}}),
     ("bailian-upload", {"dry_run": True}),
 ]
 

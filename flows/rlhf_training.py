@@ -94,7 +94,7 @@ class RLHFTrainingParams(BaseModel):
         return out
 
 
-@flow(name="rlhf-training", log_prints=True)
+@flow(name="rlhf-training")
 def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
     """Train the stages in order; returns the output folder of each stage and the final model."""
     base = resolve_base(params.base_model)
@@ -152,7 +152,7 @@ class TrainStageParams(BaseModel):
     merge: bool = True
 
 
-@flow(name="train-stage", log_prints=True)
+@flow(name="train-stage")
 def train_stage(params: TrainStageParams) -> dict[str, str]:
     """Run one training stage in this worker (the ``train-stage/cuda`` deployment)."""
     out = run_stage_here(params.stage, params.config, params.merge)
