@@ -1,0 +1,96 @@
+"""In a real browser: headless Chromium opens the Prefect UI of the e2e server and starts a custom run.
+
+From the UI's front page: Deployments → ``data-synthesis`` / ``default`` → Run → Custom run, the form's
+``Num Samples`` switched to an int and set to 3, ``Output Dir`` set, Submit; then the run's own page until it
+shows Completed. The screenshot goes to ``test-artifacts/prefect-ui-custom-run.png``. The server and workers
+are the shared ``prefect_stack`` (``tests/e2e_server.py``). Chromium is the Debian package, driven by
+Playwright through its executable path (no ``playwright install``); without either the module skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e_server import PrefectStack
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} is missing (Debian package chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+
+pytest_plugins = ["tests.e2e_server"]
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACT = REPO / "test-artifacts" / "prefect-ui-custom-run.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UI_TIMEOUT_MS = 60_000
+RUN_TIMEOUT_S = 300
+
+
+def test_custom_run_from_the_prefect_ui_completes(prefect_stack: PrefectStack) -> None:
+    stack = prefect_stack
+    out = stack.work / "browser-synthesis"
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            # nothing leaves the machine (the UI's analytics would only wait for a network that is not there)
+            page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
+            try:
+                page.goto(stack.url + "/")
+                page.get_by_role("link", name="Deployments", exact=True).click()
+                row = (
+                    page.get_by_role("row")
+                    .filter(has=page.get_by_role("link", name="data-synthesis", exact=True))
+                    .filter(has=page.get_by_role("link", name="default", exact=True))
+                )
+                row.get_by_role("link", name="default", exact=True).click()
+                page.get_by_role("button", name="Run", exact=True).click()
+                page.get_by_role("menuitem", name="Custom run").click()
+
+                num_samples = page.locator("div.group").filter(has=page.locator("label", has_text="Num Samples")).last
+                num_samples.get_by_role("tab", name="int", exact=True).click()
+                num_samples.get_by_role("spinbutton").fill("3")
+                page.get_by_label(re.compile(r"^Output Dir")).fill(str(out))
+                with page.expect_response(
+                    lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST"
+                ) as created:
+                    page.get_by_role("button", name="Submit", exact=True).click()
+                assert created.value.status == 201, created.value.text()
+                run = created.value.json()
+
+                page.get_by_role("link", name=run["name"], exact=True).first.click()
+                page.wait_for_url(re.compile(run["id"]))
+                final = stack.wait_final([run["id"]], timeout=RUN_TIMEOUT_S)[run["id"]]
+                assert final["state_type"] == "COMPLETED", stack.explain(final)
+                page.reload()
+                header = page.locator("nav").filter(has_text=run["name"]).locator("xpath=following-sibling::*[1]")
+                sync_api.expect(header.get_by_text("Completed", exact=True)).to_be_visible()
+                with contextlib.suppress(sync_api.TimeoutError):  # let the run graph draw for the screenshot
+                    page.wait_for_load_state("networkidle", timeout=10_000)
+            finally:
+                page.screenshot(path=str(ARTIFACT), full_page=True)
+        finally:
+            browser.close()
+
+    params = stack.flow_run(run["id"])["parameters"]["params"]
+    assert params["num_samples"] == 3 and params["output_dir"] == str(out), params
+    assert sorted(p.name for p in out.glob("*_seed.jsonl")), f"no output in {out}"
