@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.caching import CONTENT_AWARE
+from tasks.caching import CONTENT_AWARE, content_aware
 from tasks.retries import GPU_RETRIES, NETWORK_RETRIES, NO_RETRIES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,15 +28,20 @@ def medtune_task(
     retry: RetryPreset = "none",
     cache: bool = True,
     tags: Iterable[str] = (),
+    outputs: Iterable[str] = (),
     **task_kwargs: Any,
 ) -> Any:
-    """Decorate a task function; usable bare (``@medtune_task``) or with options."""
+    """Decorate a task function; usable bare (``@medtune_task``) or with options.
+
+    ``outputs`` names parameters that say where the task writes (besides the usual ``dst``, ``out_dir``,
+    ``output_dir``...): their paths count by location, not content, in the cache key.
+    """
 
     def decorate(func: F) -> Any:
         options: dict[str, Any] = dict(PRESETS[retry])
         options.update(
             name=name or func.__name__.replace("_", "-"),
-            cache_policy=CONTENT_AWARE if cache else NO_CACHE,
+            cache_policy=(content_aware(set(outputs)) if outputs else CONTENT_AWARE) if cache else NO_CACHE,
             persist_result=cache,
             tags=set(tags) | ({"gpu"} if retry == "gpu" else set()),
         )

@@ -49,11 +49,17 @@ def fingerprint(value: Any) -> Any:
     return value
 
 
+#: Parameter names that name where a task *writes*: keyed by location only (hashing their contents would make
+#: the key change as soon as the task has run once, so a failed run's finished steps would never be reused).
+OUTPUT_PARAMS = frozenset({"dst", "out", "output", "out_dir", "output_dir", "output_path"})
+
+
 @dataclass
 class ContentInputs(CachePolicy):
-    """Key on the task's inputs, with files and folders hashed by content."""
+    """Key on the task's inputs, with files and folders hashed by location and content (outputs by location)."""
 
     exclude: list[str] = field(default_factory=list)
+    outputs: frozenset[str] = OUTPUT_PARAMS
 
     def compute_key(
         self,
@@ -62,12 +68,25 @@ class ContentInputs(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        relevant = {k: fingerprint(v) for k, v in (inputs or {}).items() if k not in self.exclude}
+        relevant = {
+            k: (
+                ("output", str(Path(v).resolve()))
+                if k in self.outputs and isinstance(v, os.PathLike)
+                else fingerprint(v)
+            )
+            for k, v in (inputs or {}).items()
+            if k not in self.exclude
+        }
         return hash_objects(relevant, medtune_core.__version__, raise_on_failure=True)
 
     def __sub__(self, other: str) -> CachePolicy:
         return dataclasses.replace(self, exclude=[*self.exclude, other])
 
 
+def content_aware(outputs: frozenset[str] | set[str] | None = None) -> CachePolicy:
+    """The policy for a task whose output-location parameters are ``outputs`` (default: :data:`OUTPUT_PARAMS`)."""
+    return TASK_SOURCE + ContentInputs(outputs=OUTPUT_PARAMS | frozenset(outputs or ()))
+
+
 #: The policy every cached medtune task uses.
-CONTENT_AWARE = TASK_SOURCE + ContentInputs()
+CONTENT_AWARE = content_aware()

@@ -8,8 +8,8 @@ import pytest
 
 from flows.registry import load_flow
 from flows.rlhf_training import RECIPES, RLHFTrainingParams, StageSpec
-from tasks.safety import SafetyEvalOptions
 from medtune_core.errors import MedtuneError
+from tasks.safety import SafetyEvalOptions
 
 QUICK = {"max_steps": 2, "batch_size": 2, "max_length": 96, "save_steps": 1000, "report_to": []}
 
