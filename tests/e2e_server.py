@@ -41,6 +41,9 @@ UI_RUN_STATE = {
     "state_details": {"deferred": False, "untrackable_result": False, "pause_reschedule": False},
 }
 #: What the UI's Retry button sends to ``POST /flow_runs/{id}/set_state`` (Prefect 3.8, UI v2).
+#: Statuses a client should retry (Prefect's client retries these too), and how many tries (~1 min of backoff).
+RETRYABLE = {429, 502, 503}
+RETRIES = 10
 UI_RETRY = {"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True}
 
 
@@ -82,6 +85,14 @@ class PrefectStack:
             PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
+            # Services the tests never exercise: each one is another SQLite writer on a 2-core CI machine.
+            PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
+            PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
+            PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED="false",
+            PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED="false",
+            PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED="false",
+            PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true",
+            PREFECT_API_DATABASE_TIMEOUT="30",
             PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
             PREFECT_LOCAL_STORAGE_PATH=str(self.medtune_home / "results"),
             PREFECT_LOGGING_LEVEL="INFO",
@@ -153,15 +164,27 @@ class PrefectStack:
 
     # ------------------------------------------------------------------------------------------ REST API
 
+    def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """One API call, retried on 429/502/503 with backoff as Prefect's own client and the UI do.
+
+        A SQLite-backed server answers 503 while another writer holds the database (busy CI machines).
+        """
+        delay = 0.5
+        for _attempt in range(RETRIES):
+            r = self.http.request(method, path, json=body)
+            if r.status_code not in RETRYABLE:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text[:2000]}\n{self.process_logs()}"
+        return r
+
     def post(self, path: str, body: Any = None) -> Any:
-        r = self.http.post(path, json=body)
-        assert r.status_code < 300, f"POST {path}: {r.status_code} {r.text[:2000]}"
+        r = self.request("POST", path, body)
         return r.json() if r.content else None
 
     def get(self, path: str) -> Any:
-        r = self.http.get(path)
-        assert r.status_code < 300, f"GET {path}: {r.status_code} {r.text[:2000]}"
-        return r.json()
+        return self.request("GET", path).json()
 
     def deployments(self) -> dict[str, dict[str, Any]]:
         """Every deployment by ``flow-name/deployment-name``."""
