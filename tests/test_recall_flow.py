@@ -4,44 +4,14 @@ nothing again, and a killed run (a lost shard) that re-embeds only that shard.""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 
 from flows.eval_driven_recall import EvalDrivenRecallParams, eval_driven_recall
 from flows.registry import load_flow
 from medtune_core.dataio import DatasetReader, Manifest
-
-
-def task_states(flow_run_id: UUID, timeout_s: float = 60.0) -> dict[str, list[str]]:
-    """Final task-run states of a flow run. Prefect reports task states to the server asynchronously, so a read
-    right after the flow returns may still see Pending: poll until every task run has a final state."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states = _task_states_now(flow_run_id)
-        pending = [s for names in states.values() for s in names if s in ("?", "Pending", "Running", "Scheduled")]
-        if not pending or time.monotonic() > deadline:
-            return states
-        time.sleep(0.5)
-
-
-def _task_states_now(flow_run_id: UUID) -> dict[str, list[str]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            limit=200,
-        )
-    states: dict[str, list[str]] = {}
-    for r in runs:
-        states.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name if r.state else "?")
-    return states
+from tests.flow_states import task_states
 
 
 def test_registered_with_one_parameter_model() -> None:

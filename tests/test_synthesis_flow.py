@@ -4,40 +4,14 @@ regenerated alone, LLM mode against the fake OpenAI server, and the nightly depl
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from uuid import UUID
 
 from flows.data_synthesis import DataSynthesisParams, data_synthesis, nightly_deployment, seed_for_date
 from flows.registry import load_flow
 from medtune_core.dataio import DatasetReader, Manifest
+from tests.flow_states import task_states
 
 AGENTS = ["preprocess", "critic", "check_rag", "diagnosis", "drug"]
-
-
-def task_states(flow_run_id: UUID, expected: int) -> dict[str, list[str]]:
-    """Final state names of a flow run's task runs by task name (task states reach the server asynchronously)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    states: dict[str, list[str]] = {}
-    for _ in range(60):
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-                limit=200,
-            )
-        states = {}
-        for r in runs:
-            name = r.state_name or (r.state.name if r.state else "?")
-            states.setdefault(r.name.rsplit("-", 1)[0], []).append(name)
-        names = [n for v in states.values() for n in v]
-        if len(names) >= expected and all(n in ("Cached", "Completed") for n in names):
-            break
-        time.sleep(0.5)
-    return states
 
 
 def test_seed_mode_all_agents_then_cached(prefect_harness, tmp_path: Path) -> None:
