@@ -246,7 +246,8 @@ def serve() -> None:
 
 #: Command groups that live in their flow's own CLI module (kept light: heavy imports inside commands).
 SUBAPPS = {
-    "bailian": ("flows.cli_bailian", "Bailian (Alibaba Cloud Model Studio): convert, split, estimate, upload, jobs.")
+    "bailian": ("flows.cli_bailian", "Bailian (Alibaba Cloud Model Studio): convert, split, estimate, upload, jobs."),
+    "recall": ("flows.cli_recall", "Eval-driven recall: evaluate a model on a benchmark, compare two result files."),
 }
 
 

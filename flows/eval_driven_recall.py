@@ -3,11 +3,15 @@ leakage, decontaminate, mix in random rows, write the training set and a same-si
 
 DAG: embed eval set (cached by content) → split pool into text shards → embed each shard (one cached task per
 shard: a killed run re-embeds nothing it finished) → recall (threshold, leakage guard, union + dedup) → stats table
-and score histogram artifacts → decontaminate + mix + write train/control → [train and evaluate: hook, see below].
+and score histogram artifacts → decontaminate + mix + write train/control → [train and evaluate, optional: SFT the
+base model on the recalled set and on the control with identical settings (the cached ``train-stage`` task, here or on
+the CUDA pool) → evaluate base, control and recalled (cached per model) → comparison report, table and bar chart].
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,11 +19,15 @@ from prefect import flow
 from pydantic import BaseModel, Field, model_validator
 
 import medtune_core
+from medtune_core.dataio import Manifest
 from medtune_core.errors import MedtuneError
 from medtune_core.recall import EmbeddingConfig, EvalTextMode, MixConfig, RecallConfig, TextMode
+from medtune_core.training import stage_config
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.base import call_fresh
 from tasks.recall import decontaminate_and_mix, embed_eval_set, embed_pool_shard, recall_task, split_pool_task
+from tasks.recall_eval import TrainEvalSettings, compare_models_task, evaluate_model_task
+from tasks.training import resolve_base, train_stage_task
 
 SAMPLES = Path(medtune_core.__file__).parent / "samples"
 #: The seed's threshold is for semantic embeddings; character n-gram cosines of related texts run lower.
@@ -78,13 +86,19 @@ class EvalDrivenRecallParams(BaseModel):
     seed: int = Field(0, description="Seed of the random mix, the control and the shuffles.")
     train_and_evaluate: bool = Field(
         False,
-        description="Train on the recalled and control sets and compare (needs the training core; not available yet).",
+        description="SFT the base model on the recalled set and on the random control (identical settings), "
+        "evaluate base, control and recalled on the benchmark and publish the comparison.",
+    )
+    train_eval: TrainEvalSettings = Field(
+        default_factory=TrainEvalSettings, description="Settings of the train-and-evaluate stage."
     )
 
     @model_validator(mode="after")
     def _check(self) -> EvalDrivenRecallParams:
         if self.max_similarity < self.threshold:
             raise ValueError(f"max_similarity {self.max_similarity} is below similarity_threshold {self.threshold}")
+        if self.train_and_evaluate and not self.control:
+            raise ValueError("train_and_evaluate compares against the random control set: control must be true")
         return self
 
     @property
@@ -106,21 +120,70 @@ class EvalDrivenRecallParams(BaseModel):
         return MixConfig(self.mix_ratio, self.seed, self.output_format, self.control)
 
 
-def train_and_evaluate_hook(params: EvalDrivenRecallParams, outputs: dict[str, str]) -> dict[str, str]:
-    """Seed 1's last stage: SFT one base model on ``train.jsonl`` and on ``control.jsonl`` with identical settings,
-    evaluate base / control / recalled (``medtune_core.recall.evaluate``), publish the comparison.
+def _sft_config(settings: TrainEvalSettings, base: Path, train: Manifest, run_dir: Path, label: str) -> dict[str, Any]:
+    """One set's SFT config (as the ``train-stage`` task takes it); only the training file differs between sets.
 
-    Not wired yet: it needs the training core (the ``rlhf-training`` issue). Until then the flow refuses the option
-    instead of pretending to train.
+    The output folder carries a short hash of the settings and the file's contents: a stage's folder keeps its
+    merged model, so a run with other settings must not train into (and read back) an older run's folder. The
+    training file stays a ``Path`` so the task's cache key follows its contents.
     """
-    raise MedtuneError(
-        "train_and_evaluate needs the training core, which is not available yet; train on "
-        f"{outputs.get('train')} and {outputs.get('control')} yourself and compare the result files with "
-        "medtune_core.recall.evaluate.compare_results"
-    )
+    values = {**settings.sft_values(), "model": str(base), "train_files": [train.path]}
+    key = json.dumps({**values, "sha256": train.sha256}, sort_keys=True, default=str)
+    tag = hashlib.sha256(key.encode()).hexdigest()[:10]
+    cfg = stage_config("sft", **values, output_dir=run_dir / f"{label}-{tag}")
+    config = cfg.model_dump(mode="json")
+    config["train_files"] = [Path(train.path)]
+    return config
 
 
-@flow(name="eval-driven-recall", log_prints=True)
+def train_and_evaluate(params: EvalDrivenRecallParams, train: Manifest, control: Manifest) -> dict[str, str]:
+    """Seed 1's last stage: SFT one base model on ``train`` and on ``control`` with identical settings, evaluate
+    base / control / recalled on the benchmark, publish the comparison (markdown, table, bar chart)."""
+    settings = params.train_eval
+    run_dir = params.output_dir / "train_eval"
+    for name, m in (("training set", train), ("control set", control)):
+        if m.rows == 0:
+            raise MedtuneError(f"train_and_evaluate: the {name} {m.path} is empty; lower similarity_threshold")
+    base = resolve_base(settings.base_model)
+    models: dict[str, Path] = {"base": base}
+    training = []
+    for label, data in (("control", control), ("recalled", train)):
+        config = _sft_config(settings, base, data, run_dir, label)
+        result = train_stage_task("sft", config, base, True, settings.cuda_deployment)
+        models[label] = Path(result["merged_dir"])
+        m = result.get("metrics", {})
+        training.append(
+            {
+                "set": label,
+                "rows": data.rows,
+                "steps": m.get("steps"),
+                "loss_first": m.get("loss_first"),
+                "loss_last": m.get("loss_last"),
+                "model": result["merged_dir"],
+            }
+        )
+    options = settings.eval_options()
+    results = {
+        label: call_fresh(
+            evaluate_model_task,
+            model,
+            label,
+            params.benchmark_files,
+            params.subjects,
+            options,
+            str(run_dir / "eval" / f"{label}.json"),
+        )
+        for label, model in models.items()
+    }
+    report = compare_models_task(results, training, str(run_dir))
+    return {
+        **{f"model_{label}": str(path) for label, path in models.items() if label != "base"},
+        **{f"eval_{label}": m.path for label, m in results.items()},
+        **report,
+    }
+
+
+@flow(name="eval-driven-recall")  # no print capture: the training libraries print bytecode dumps
 def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
     """Recall, guard, decontaminate, mix; returns the output paths (train, control, reports)."""
     out = params.output_dir
@@ -168,5 +231,5 @@ def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
         **{k: v for k, v in sets["paths"].items() if k not in ("train",)},
     }
     if params.train_and_evaluate:
-        outputs.update(train_and_evaluate_hook(params, outputs))
+        outputs.update(train_and_evaluate(params, sets["train"], sets["control"]))
     return outputs
