@@ -1,6 +1,6 @@
 """Reading and writing datasets safely: streaming validation, rejects files, atomic writes, manifests."""
 
-from medtune_core.dataio.atomic import atomic_write, atomic_write_text
+from medtune_core.dataio.atomic import READY_MARKER, atomic_write, atomic_write_text, build_folder_once
 from medtune_core.dataio.reader import DatasetReader, Policy, ReadStats, detect_format
 from medtune_core.dataio.writer import (
     DatasetWriter,
@@ -13,6 +13,7 @@ from medtune_core.dataio.writer import (
 )
 
 __all__ = [
+    "READY_MARKER",
     "DatasetReader",
     "DatasetWriter",
     "Manifest",
@@ -20,6 +21,7 @@ __all__ = [
     "ReadStats",
     "atomic_write",
     "atomic_write_text",
+    "build_folder_once",
     "convert_file",
     "detect_format",
     "manifest_path",

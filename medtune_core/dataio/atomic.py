@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -33,3 +34,35 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path) as fh:
         fh.write(text)
+
+
+#: File inside a folder built by :func:`build_folder_once` that says the build finished.
+READY_MARKER = ".medtune-ready"
+
+
+def build_folder_once(target: str | os.PathLike[str], build: Callable[[Path], None], marker: str = "") -> Path:
+    """``target``, built by ``build(staging)`` the first time it is asked for, and never seen half-built.
+
+    Processes (several workers, parallel test runs) may ask at once: a file lock lets one build, the others
+    wait and reuse. The build happens in a staging folder that is renamed into place once ``READY_MARKER``
+    (holding ``marker``) is written, so a crash leaves no folder that looks finished.
+    """
+    from filelock import FileLock
+
+    target = Path(target)
+    if (target / READY_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / READY_MARKER).exists():
+            return target
+        staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            build(staging)
+            (staging / READY_MARKER).write_text(marker + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

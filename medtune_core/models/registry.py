@@ -10,20 +10,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from medtune_core.dataio.atomic import READY_MARKER, build_folder_once
 from medtune_core.errors import ModelNotAvailableError
 from medtune_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
-READY_MARKER = ".medtune-ready"
 
 
 @dataclass(frozen=True)
@@ -116,20 +113,7 @@ def materialize(name: str) -> Path:
         raise ModelNotAvailableError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED))}") from None
     if model.in_place:
         return model.materialize(Path())
-    target = embedded_dir(name)
-    if (target / READY_MARKER).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / READY_MARKER).exists():
-            return target
-        staging = target.with_name(target.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.materialize(staging)
-        (staging / READY_MARKER).write_text(model.package + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    return target
+    return build_folder_once(embedded_dir(name), model.materialize, model.package)
 
 
 def is_materialized(name: str) -> bool:

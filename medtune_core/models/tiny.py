@@ -14,36 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
-from filelock import FileLock
-
+from medtune_core.dataio.atomic import build_folder_once
+from medtune_core.models.chatml import CHATML_TRAINING_TEMPLATE
 from medtune_core.settings import MedtuneSettings
 
 TINY_VERSION = "1"
-READY_MARKER = ".medtune-ready"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_TOKEN = "<|endoftext|>"
 EOS_TOKEN = "<|im_end|>"
 VOCAB_SIZE = 1024
-
-#: ChatML with generation markers around assistant content *and* its end-of-turn token, so the model
-#: learns to stop (TRL warns when ``<|im_end|>`` falls outside the assistant mask).
-CHATML_TRAINING_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 MODEL_CONFIG = {
     "hidden_size": 64,
@@ -169,19 +151,4 @@ def tiny_model_path(home: Path | None = None) -> Path:
     models = Path(home) / "models" if home is not None else MedtuneSettings().models_dir
     text = _builtin_text()
     target = models / f"tiny-{tiny_fingerprint(text)}"
-    if (target / READY_MARKER).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / READY_MARKER).exists():
-            return target
-        staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            _build(staging, text)
-            (staging / READY_MARKER).write_text(TINY_VERSION + "\n")
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_folder_once(target, lambda staging: _build(staging, text), TINY_VERSION)

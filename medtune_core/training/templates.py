@@ -23,24 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.errors import MedtuneError
+from medtune_core.models.chatml import CHATML_TRAINING_TEMPLATE
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_FILE = "chat_template.jinja"
 TEMPLATE_INFO = "medtune_template.json"
-
-_CHATML_BODY = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 _SAMPLES: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "头痛怎么办？"}, {"role": "assistant", "content": "建议休息。"}],
@@ -65,14 +53,14 @@ def has_generation_markers(template: str | None) -> bool:
 def chatml_training_template(default_system: str | None = None) -> str:
     """ChatML with generation markers; ``default_system`` is inserted when a conversation has no system turn."""
     if default_system is None:
-        return _CHATML_BODY
+        return CHATML_TRAINING_TEMPLATE
     escaped = default_system.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
     head = (
         "{%- if messages and messages[0]['role'] != 'system' %}"
         "{{- '<|im_start|>system\\n" + escaped + "<|im_end|>\\n' }}"
         "{%- endif %}"
     )
-    return head + _CHATML_BODY
+    return head + CHATML_TRAINING_TEMPLATE
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], template: str, gen: bool = False) -> str:
