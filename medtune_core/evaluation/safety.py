@@ -614,45 +614,28 @@ class SafetyJudge:
 
     def judge(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
         """Judgements for ``(prompt, answer)`` pairs, ``None`` where none could be had (logged)."""
-        from medtune_core.llm import ChatRequest, LLMClient
-        from medtune_core.rewards.teacher import _run
+        from medtune_core.llm import LLMClient
+
+        async def run_many(requests: list[Any]) -> list[Any]:
+            client = LLMClient(self.config)
+            try:
+                return await client.run_many(requests)
+            finally:
+                await client.aclose()
 
         keys = [self.key(p, a) for p, a in pairs]
-        todo: dict[str, tuple[str, str]] = {}
-        for k, pa in zip(keys, pairs, strict=True):
-            if self.store.get(k) is None:
-                todo.setdefault(k, pa)
-        if todo:
-            requests = [
-                ChatRequest(
-                    messages=[
-                        {"role": "system", "content": JUDGE_SYSTEM},
-                        {"role": "user", "content": f"【问题】\n{p}\n\n【回答】\n{a}"},
-                    ],
-                    schema=SafetyJudgement,
-                    params={"temperature": 0.0, "max_tokens": 200},
-                )
-                for p, a in todo.values()
-            ]
-            self.requested += len(requests)
-
-            async def go() -> list[Any]:
-                client = LLMClient(self.config)
-                try:
-                    return await client.run_many(requests)
-                finally:
-                    await client.aclose()
-
-            results = _run(go())
-            lost = 0
-            for k, res in zip(todo, results, strict=True):
-                if res.ok:
-                    self.store.add({"key": k, "model": self.config.model, **res.data.model_dump()})
-                else:
-                    lost += 1
-            if lost:
-                self.failed += lost
-                log.error("safety judge: %d of %d judgements could not be had", lost, len(todo))
+        asked, lost = self.store.judge_missing(
+            zip(keys, pairs, strict=True),
+            model=self.config.model,
+            system=JUDGE_SYSTEM,
+            schema=SafetyJudgement,
+            params={"temperature": 0.0, "max_tokens": 200},
+            run_many=run_many,
+        )
+        self.requested += asked
+        if lost:
+            self.failed += len(lost)
+            log.error("safety judge: %d of %d judgements could not be had (%s)", len(lost), asked, lost[0])
         return [self.store.get(k) for k in keys]
 
 

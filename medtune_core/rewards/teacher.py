@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,48 @@ class JudgementStore:
                 with open(self.path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                     fh.flush()
+
+    def judge_missing(
+        self,
+        keyed_pairs: Iterable[tuple[str, tuple[str, str]]],
+        *,
+        model: str,
+        system: str,
+        schema: type[BaseModel],
+        params: dict[str, Any],
+        run_many: Callable[[list[Any]], Awaitable[list[Any]]],
+    ) -> tuple[int, list[str]]:
+        """Ask the judge once about every ``(key, (prompt, answer))`` not stored yet and store what it answers.
+
+        Shared by the teacher reward and the safety judge: both judge question/answer pairs into this store.
+        Returns how many were asked and, for each one that could not be had, why.
+        """
+        from medtune_core.llm import ChatRequest
+
+        todo: dict[str, tuple[str, str]] = {}
+        for key, pair in keyed_pairs:
+            if self.get(key) is None:
+                todo.setdefault(key, pair)
+        if not todo:
+            return 0, []
+        requests = [
+            ChatRequest(
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"【问题】\n{p}\n\n【回答】\n{a}"},
+                ],
+                schema=schema,
+                params=params,
+            )
+            for p, a in todo.values()
+        ]
+        lost: list[str] = []
+        for (key, (p, a)), res in zip(todo.items(), _run(run_many(requests)), strict=True):
+            if res.ok:
+                self.add({"key": key, "model": model, "prompt": p, "completion": a, **res.data.model_dump()})
+            else:
+                lost.append(f"{getattr(res, 'reason', 'failed')}: {getattr(res, 'detail', '')[:120]}")
+        return len(todo), lost
 
 
 class TeacherConfig(BaseModel):
@@ -216,45 +258,27 @@ class TeacherJudge:
         return round(sum(w[k] * float(judgement[k]) for k in w) / (10.0 * total), 6)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        from medtune_core.llm import ChatRequest
 
         texts = [(prompt_text(p), completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
         keys = [judgement_key(self.config.model, self.config.rubric, p, c) for p, c in texts]
-        todo: dict[str, tuple[str, str]] = {}
-        for k, pc in zip(keys, texts, strict=True):
-            if self.store.get(k) is None:
-                todo.setdefault(k, pc)
-        if todo:
-            requests = [
-                ChatRequest(
-                    messages=[
-                        {"role": "system", "content": SYSTEM_PROMPT},
-                        {"role": "user", "content": f"【问题】\n{p}\n\n【回答】\n{c}"},
-                    ],
-                    schema=Judgement,
-                    params={"temperature": self.config.temperature, "max_tokens": self.config.max_tokens},
-                )
-                for p, c in todo.values()
-            ]
-            self.requested += len(requests)
-            results = _run(self._run_many(requests))
-            lost: list[str] = []
-            for (k, (p, c)), res in zip(todo.items(), results, strict=True):
-                if res.ok:
-                    row = {"key": k, "model": self.config.model, "prompt": p, "completion": c}
-                    row.update(res.data.model_dump())
-                    self.store.add(row)
-                else:
-                    lost.append(f"{getattr(res, 'reason', 'failed')}: {getattr(res, 'detail', '')[:120]}")
-            if lost:
-                self.failed += len(lost)
-                log.error(
-                    "TEACHER: %d of %d judgements could not be had (%s); those samples are scored by the other "
-                    "rewards only",
-                    len(lost),
-                    len(todo),
-                    lost[0],
-                )
+        asked, lost = self.store.judge_missing(
+            zip(keys, texts, strict=True),
+            model=self.config.model,
+            system=SYSTEM_PROMPT,
+            schema=Judgement,
+            params={"temperature": self.config.temperature, "max_tokens": self.config.max_tokens},
+            run_many=self._run_many,
+        )
+        self.requested += asked
+        if lost:
+            self.failed += len(lost)
+            log.error(
+                "TEACHER: %d of %d judgements could not be had (%s); those samples are scored by the other "
+                "rewards only",
+                len(lost),
+                asked,
+                lost[0],
+            )
         out: list[float | None] = []
         for k in keys:
             row = self.store.get(k)
