@@ -22,6 +22,18 @@ class AdapterType(StrEnum):
     FULL = "full"
 
 
+class Launcher(StrEnum):
+    """How a stage's training process is started: here, or as a subprocess per GPU."""
+
+    INPROCESS = "inprocess"
+    ACCELERATE = "accelerate"
+    TORCHRUN = "torchrun"
+
+
+#: Shipped DeepSpeed configs (``medtune_core/recipes/deepspeed``) by short name.
+DEEPSPEED_PRESETS = ("zero2", "zero3")
+
+
 class ChainMode(StrEnum):
     """How a stage builds on the previous one: merge its adapter into the weights, or keep training it."""
 
@@ -88,6 +100,11 @@ class StageConfig(BaseModel):
     chat_template: str | None = Field(None, description="a .jinja file or tokenizer folder to train with")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     chain: ChainMode = Field(ChainMode.MERGE, description="merge the previous stage's adapter, or keep training it")
+    launcher: Launcher = Field(
+        Launcher.INPROCESS, description="inprocess | accelerate | torchrun (a subprocess, one process per GPU)"
+    )
+    num_processes: int = Field(1, ge=1, description="processes (GPUs) for accelerate / torchrun")
+    deepspeed: str | None = Field(None, description="zero2 | zero3 (shipped configs) or a DeepSpeed JSON file")
 
     @field_validator("train_files", "eval_files", mode="before")
     @classmethod
@@ -108,14 +125,71 @@ class StageConfig(BaseModel):
             pass  # QLoRA computes in bf16/fp16 on GPU; fine either way
         if self.eval_steps is not None and not self.eval_files:
             raise ValueError("eval_steps is set but no eval_files are given")
+        self._launch_checks()
         return self
+
+    def _launch_checks(self) -> None:
+        if self.launcher is Launcher.INPROCESS and self.num_processes > 1:
+            raise ValueError("num_processes > 1 needs launcher accelerate or torchrun (one process per GPU)")
+        if self.deepspeed is not None:
+            if self.launcher is Launcher.INPROCESS:
+                raise ValueError("deepspeed needs launcher accelerate or torchrun (it runs one process per GPU)")
+            if self.deepspeed not in DEEPSPEED_PRESETS and not self.deepspeed.endswith(".json"):
+                raise ValueError(f"deepspeed: {', '.join(DEEPSPEED_PRESETS)} or a .json config file")
+        if self.device == "cpu" and (self.deepspeed or self.num_processes > 1):
+            raise ValueError("deepspeed and num_processes > 1 need CUDA GPUs, but device is cpu")
 
     # What the runner needs from the stage (overridden by stages with more to say).
     def trl_kwargs(self) -> dict[str, Any]:
         return {}
 
 
-class PTConfig(StageConfig):
+class VocabExtensionConfig(BaseModel):
+    """Domain words to add as tokens before the stage trains (see :mod:`.tokenizer_ext`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    words_file: Path | None = Field(None, description="one word a line")
+    learn_from: list[Path] = Field(default_factory=list, description="corpus files (any format) to learn words from")
+    top_n: int = Field(200, ge=1, description="learned words to add at most")
+    min_freq: int = Field(5, ge=1, description="a learned word occurs at least this often")
+
+    @field_validator("learn_from", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, Path)) else v
+
+    @model_validator(mode="after")
+    def _some_source(self) -> VocabExtensionConfig:
+        if self.words_file is None and not self.learn_from:
+            raise ValueError("extend_vocab needs words_file and/or learn_from")
+        return self
+
+
+class EmbeddingTrainingConfig(StageConfig):
+    """Stages that can grow the vocabulary and train embeddings + LM head (PT, SFT)."""
+
+    extend_vocab: VocabExtensionConfig | None = Field(None, description="add domain words as tokens first")
+    train_embeddings: Literal["new_tokens", "full"] | None = Field(
+        None,
+        description="with LoRA: new_tokens trains only the added rows (PEFT trainable tokens), full trains the whole "
+        "embedding and LM head (modules_to_save); unset: new_tokens when extend_vocab is set",
+    )
+
+    @model_validator(mode="after")
+    def _embedding_checks(self) -> EmbeddingTrainingConfig:
+        if self.train_embeddings == "new_tokens" and self.extend_vocab is None:
+            raise ValueError("train_embeddings new_tokens needs extend_vocab (there are no new tokens otherwise)")
+        return self
+
+    def embedding_mode(self) -> str | None:
+        """How the embeddings train under an adapter (None: frozen; full fine-tuning trains them anyway)."""
+        if self.adapter.type is AdapterType.FULL:
+            return None
+        return self.train_embeddings or ("new_tokens" if self.extend_vocab is not None else None)
+
+
+class PTConfig(EmbeddingTrainingConfig):
     """Continual pretraining: documents packed into ``block_size`` blocks with EOS separators."""
 
     stage: ClassVar[str] = "pt"
@@ -124,7 +198,7 @@ class PTConfig(StageConfig):
     learning_rate: float = Field(2e-4, gt=0)
 
 
-class SFTStageConfig(StageConfig):
+class SFTStageConfig(EmbeddingTrainingConfig):
     """Supervised fine-tuning on conversations."""
 
     stage: ClassVar[str] = "sft"

@@ -14,6 +14,10 @@ A stage's own module only says how to build its trainer from a :class:`StageCont
    ``output_dir/checkpoints`` when there is one (optimizer, scheduler, RNG and step included);
 5. save the adapter (``output_dir/adapter``) or the full model (``output_dir/model``) with tokenizer and
    template, ``metrics.json``, ``loss_curve.png`` and TensorBoard logs (``output_dir/tensorboard``).
+
+With ``extend_vocab`` (PT, SFT) the base model first gets the domain words as tokens (``output_dir/extended_base``,
+see :mod:`.tokenizer_ext`) and ``train_embeddings`` adds their rows to the adapter. With ``launcher: accelerate |
+torchrun`` these steps run in every launched process (:mod:`.launch`); only the main process writes outputs.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.errors import MedtuneError
-from medtune_core.training.config import AdapterType, StageConfig
+from medtune_core.training.config import AdapterType, Launcher, StageConfig
 from medtune_core.training.metrics import count_tokens_hook, plot_loss_curve, summarise, write_metrics
 from medtune_core.training.templates import prepare_training_template, save_template, training_template_for
 
@@ -137,12 +141,53 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def peft_config_for(config: StageConfig, *, task_type: str = "CAUSAL_LM") -> Any:
+def _module_name(model: Any, module: Any) -> str:
+    return next(name for name, m in model.named_modules() if m is module).rsplit(".", 1)[-1]
+
+
+def embedding_adapter_kwargs(config: StageConfig, model: Any, new_token_ids: Sequence[int]) -> dict[str, Any]:
+    """LoRA settings that also train the embeddings and LM head (``train_embeddings``, PT/SFT)."""
+    mode = getattr(config, "embedding_mode", lambda: None)()
+    if mode is None or model is None:
+        return {}
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embed.weight.data_ptr()
+    embed_name = _module_name(model, embed)
+    if mode == "new_tokens":
+        ids = list(new_token_ids)
+        if tied:  # PEFT wraps the tied LM head with the embedding's trainable rows by itself
+            return {"trainable_token_indices": {embed_name: ids}}
+        return {"trainable_token_indices": {embed_name: ids, _module_name(model, head): ids}}
+    if tied:  # PEFT trains one copy and keeps the LM head tied to it
+        return {"modules_to_save": [embed_name], "ensure_weight_tying": True}
+    return {"modules_to_save": [embed_name] + ([_module_name(model, head)] if head is not None else [])}
+
+
+def _expose_trainable_token_bias(model: Any) -> None:
+    """TRL's fused LM head (SFT) reads ``lm_head.weight`` and ``lm_head.bias``; PEFT's trainable-token wrapper
+    answers ``weight`` (base rows plus the trained new rows) but not ``bias``: give it its module's (None)."""
+    try:
+        from peft.utils.other import TrainableTokensWrapper
+    except ImportError:  # pragma: no cover - older PEFT without trainable tokens
+        return
+    for module in model.modules():
+        if isinstance(module, TrainableTokensWrapper) and "bias" not in module.__dict__:
+            bias = getattr(module.original_module, "bias", None)
+            if bias is not None:
+                raise MedtuneError("train_embeddings new_tokens: an LM head with a bias is not supported; use full")
+            module.bias = None
+
+
+def peft_config_for(
+    config: StageConfig, *, task_type: str = "CAUSAL_LM", model: Any = None, new_token_ids: Sequence[int] = ()
+) -> Any:
     if config.adapter.type is AdapterType.FULL:
         return None
     from peft import LoraConfig
 
     a = config.adapter
+    kwargs: dict[str, Any] = {"modules_to_save": ["score"] if task_type == "SEQ_CLS" else None}
+    kwargs.update(embedding_adapter_kwargs(config, model, new_token_ids))
     return LoraConfig(
         r=a.r,
         lora_alpha=a.alpha,
@@ -150,7 +195,7 @@ def peft_config_for(config: StageConfig, *, task_type: str = "CAUSAL_LM") -> Any
         target_modules=a.target_modules,
         use_dora=a.type is AdapterType.DORA,
         task_type=task_type,
-        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+        **kwargs,
     )
 
 
@@ -175,6 +220,8 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16 if runtime.bf16 else torch.float16,
         )
         kwargs["dtype"] = torch.bfloat16 if runtime.bf16 else torch.float16
+        if config.launcher is not Launcher.INPROCESS:  # each process quantises onto its own GPU
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     elif runtime.cuda and runtime.bf16 and config.adapter.type is not AdapterType.FULL:
         kwargs["dtype"] = torch.bfloat16  # frozen base in bf16; adapters train in mixed precision
     else:
@@ -188,8 +235,8 @@ def load_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if runtime.cuda and not kwargs.get("quantization_config"):
-        model.to("cuda")
+    if runtime.cuda and not kwargs.get("quantization_config") and not config.deepspeed:
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # one GPU per process under a launcher
     return model
 
 
@@ -221,6 +268,12 @@ def training_args_kwargs(config: StageConfig, runtime: Runtime, checkpoints: Pat
     }
     if has_eval and config.eval_steps:
         kw["eval_steps"] = config.eval_steps
+    if config.deepspeed:
+        from medtune_core.training.launch import deepspeed_config_path
+
+        kw["deepspeed"] = str(deepspeed_config_path(config.deepspeed))
+    if config.launcher is not Launcher.INPROCESS:
+        kw["ddp_find_unused_parameters"] = False  # frozen base weights are not "unused"; the search costs time
     return kw
 
 
@@ -280,6 +333,14 @@ def setup_stage(
     )
     runtime = resolve_runtime(config)
     model_path = resolve_model_ref(config.model)
+    new_token_ids: list[int] = []
+    if getattr(config, "extend_vocab", None) is not None:
+        if adapter is not None:
+            raise MedtuneError(f"{config.stage}: extend_vocab cannot keep training a previous adapter (chain: merge)")
+        from medtune_core.training.tokenizer_ext import extend_for_stage
+
+        ext = extend_for_stage(config, model_path, out / "extended_base")
+        model_path, new_token_ids = ext.output_dir, ext.token_ids
     tokenizer = load_tokenizer(model_path)
     template = _install_template(tokenizer, config, need_markers=need_markers)
     train_ds, eval_ds, stats = prepare_data(config, tokenizer)
@@ -292,7 +353,12 @@ def setup_stage(
         log.info("%s: continuing to train the previous stage's adapter %s", config.stage, adapter)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     else:
-        peft_config = peft_config_for(config, task_type="SEQ_CLS" if sequence_classification else "CAUSAL_LM")
+        peft_config = peft_config_for(
+            config,
+            task_type="SEQ_CLS" if sequence_classification else "CAUSAL_LM",
+            model=model,
+            new_token_ids=new_token_ids,
+        )
     ctx = StageContext(
         config=config,
         model_path=model_path,
@@ -308,7 +374,8 @@ def setup_stage(
         extra=dict(extra or {}),
     )
     trainer = build_trainer(ctx)
-    if "tensorboard" in config.report_to:
+    _expose_trainable_token_bias(trainer.model)
+    if "tensorboard" in config.report_to and trainer.is_world_process_zero():
         trainer.add_callback(_tensorboard_callback(out / "tensorboard"))
     for cb in callbacks:
         trainer.add_callback(cb)
@@ -329,6 +396,8 @@ def train_and_save(trainer: Any, ctx: StageContext) -> StageResult:
         trainer.log(trainer.evaluate())
 
     result = _save(trainer, ctx, out, ctx.extra.get("sequence_classification", False))
+    if not trainer.is_world_process_zero():
+        return result  # under a launcher the main process writes metrics and results
     metrics = summarise(trainer.state.log_history, ctx.extra.get("meter"))
     metrics.update(stage=config.stage, resumed_from=resume_from, data=ctx.stats)
     write_metrics(out / "metrics.json", metrics)
@@ -353,14 +422,7 @@ def _save(trainer: Any, ctx: StageContext, out: Path, sequence_classification: b
         model = model.module
     is_peft = isinstance(model, PeftModel)
     target = out / ("adapter" if is_peft else "model")
-    model.save_pretrained(target)
-    ctx.tokenizer.save_pretrained(target)
-    if ctx.template:
-        save_template(target, ctx.template)
-    (target / "medtune_base.json").write_text(
-        json.dumps({"base_model": str(ctx.model_path), "stage": ctx.config.stage}, indent=2) + "\n"
-    )
-    return StageResult(
+    result = StageResult(
         stage=ctx.config.stage,
         output_dir=out,
         base_model=ctx.model_path,
@@ -368,3 +430,16 @@ def _save(trainer: Any, ctx: StageContext, out: Path, sequence_classification: b
         model_dir=None if is_peft else target,
         is_reward_model=sequence_classification,
     )
+    if trainer.args.world_size > 1 or trainer.is_deepspeed_enabled:
+        trainer.save_model(str(target))  # every process: gathers ZeRO-3 shards; the main process writes
+        if not trainer.is_world_process_zero():
+            return result
+    else:
+        model.save_pretrained(target)
+    ctx.tokenizer.save_pretrained(target)
+    if ctx.template:
+        save_template(target, ctx.template)
+    (target / "medtune_base.json").write_text(
+        json.dumps({"base_model": str(ctx.model_path), "stage": ctx.config.stage}, indent=2) + "\n"
+    )
+    return result

@@ -20,6 +20,7 @@ from medtune_core.training.config import (
     DPOStageConfig,
     GRPOStageConfig,
     KTOStageConfig,
+    Launcher,
     OnlineRLConfig,
     ORPOStageConfig,
     PTConfig,
@@ -432,8 +433,18 @@ class Stage:
         callbacks: Sequence[Any] = (),
         **extra: Any,
     ) -> StageResult:
-        """Train the stage; ``extra`` reaches the builder (e.g. ``reward_funcs=[...]`` for grpo/rloo)."""
-        trainer, ctx = self.setup(config, adapter=adapter, callbacks=callbacks, **extra)
+        """Train the stage; ``extra`` reaches the builder (e.g. ``reward_funcs=[...]`` for grpo/rloo).
+
+        With ``launcher: accelerate | torchrun`` the stage trains in launched subprocesses (:mod:`.launch`).
+        """
+        cfg = self._config(config)
+        if cfg.launcher is not Launcher.INPROCESS:
+            if callbacks or extra:
+                raise MedtuneError(f"{self.name}: callbacks and builder extras cannot cross to launched processes")
+            from medtune_core.training.launch import launch_stage
+
+            return launch_stage(self.name, cfg, adapter=adapter)
+        trainer, ctx = self.setup(cfg, adapter=adapter, callbacks=callbacks, **extra)
         return train_and_save(trainer, ctx)
 
 
