@@ -248,6 +248,7 @@ def serve() -> None:
 SUBAPPS = {
     "bailian": ("flows.cli_bailian", "Bailian (Alibaba Cloud Model Studio): convert, split, estimate, upload, jobs."),
     "recall": ("flows.cli_recall", "Eval-driven recall: evaluate a model on a benchmark, compare two result files."),
+    "train": ("flows.cli_training", "Training helpers: domain vocabulary (extend-vocab)."),
 }
 
 

@@ -27,7 +27,7 @@ from tasks.artifacts import publish_markdown, publish_table
 from tasks.base import call_fresh
 from tasks.recall import decontaminate_and_mix, embed_eval_set, embed_pool_shard, recall_task, split_pool_task
 from tasks.recall_eval import TrainEvalSettings, compare_models_task, evaluate_model_task
-from tasks.training import resolve_base, train_stage_task
+from tasks.training import resolve_base, train_stage_task, with_input_files
 
 SAMPLES = Path(medtune_core.__file__).parent / "samples"
 #: The seed's threshold is for semantic embeddings; character n-gram cosines of related texts run lower.
@@ -125,15 +125,13 @@ def _sft_config(settings: TrainEvalSettings, base: Path, train: Manifest, run_di
 
     The output folder carries a short hash of the settings and the file's contents: a stage's folder keeps its
     merged model, so a run with other settings must not train into (and read back) an older run's folder. The
-    training file stays a ``Path`` so the task's cache key follows its contents.
+    training file's contents enter the task's cache key (:func:`tasks.training.with_input_files`).
     """
     values = {**settings.sft_values(), "model": str(base), "train_files": [train.path]}
     key = json.dumps({**values, "sha256": train.sha256}, sort_keys=True, default=str)
     tag = hashlib.sha256(key.encode()).hexdigest()[:10]
     cfg = stage_config("sft", **values, output_dir=run_dir / f"{label}-{tag}")
-    config = cfg.model_dump(mode="json")
-    config["train_files"] = [Path(train.path)]
-    return config
+    return with_input_files(cfg.model_dump(mode="json"))
 
 
 def train_and_evaluate(params: EvalDrivenRecallParams, train: Manifest, control: Manifest) -> dict[str, str]:

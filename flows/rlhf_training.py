@@ -23,7 +23,7 @@ from medtune_core.training import AdapterType, stage_config
 from medtune_core.training.pipeline import validate_chain
 from tasks.artifacts import publish_table
 from tasks.safety import SafetyEvalOptions, safety_compare, safety_eval
-from tasks.training import resolve_base, run_stage_here, train_stage_task
+from tasks.training import resolve_base, run_stage_here, train_stage_task, with_input_files
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "medtune_core" / "recipes"
@@ -106,7 +106,7 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
         config = cfg.model_dump(mode="json", exclude_unset=False)
         if reward_model and "reward_model" in config and not config["reward_model"]:
             config["reward_model"] = reward_model
-        result = train_stage_task(cfg.stage, config, base, True, params.cuda_deployment)
+        result = train_stage_task(cfg.stage, with_input_files(config), base, True, params.cuda_deployment)
         key = f"{i + 1}-{cfg.stage}"
         outputs[key] = result["output_dir"]
         if cfg.stage == "rm":

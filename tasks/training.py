@@ -26,6 +26,32 @@ def resolve_base(model: str) -> Path:
     return resolve_model_ref(model)
 
 
+def with_input_files(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a stage config as JSON) with every file the stage reads as a ``Path``.
+
+    A ``Path`` argument enters the task's cache key by location *and contents*, a string by its text only: without
+    this, a training or words file edited in place would bring back the stage trained on its old contents. The
+    output folder stays a string (its contents change once the stage has run).
+    """
+    out = dict(config)
+    for key in ("train_files", "eval_files"):
+        out[key] = [Path(p) for p in out.get(key) or []]
+    for key in ("chat_template", "reward_model"):
+        if isinstance(out.get(key), str) and Path(out[key]).exists():
+            out[key] = Path(out[key])
+    if isinstance(out.get("extend_vocab"), dict):
+        ext = dict(out["extend_vocab"])
+        if ext.get("words_file"):
+            ext["words_file"] = Path(ext["words_file"])
+        ext["learn_from"] = [Path(p) for p in ext.get("learn_from") or []]
+        out["extend_vocab"] = ext
+    return out
+
+
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(config, default=str))
+
+
 def run_stage_here(stage: str, config: dict[str, Any], merge: bool) -> dict[str, Any]:
     result = get_stage(stage).run(config)
     out = result.to_dict()
@@ -37,7 +63,7 @@ def run_stage_here(stage: str, config: dict[str, Any], merge: bool) -> dict[str,
 def _dispatch(deployment: str, stage: str, config: dict[str, Any], merge: bool) -> dict[str, Any]:
     from prefect.deployments import run_deployment
 
-    params = {"params": {"stage": stage, "config": config, "merge": merge}}
+    params = {"params": {"stage": stage, "config": _jsonable(config), "merge": merge}}
     run = run_deployment(deployment, parameters=params, timeout=None)
     state = run.state
     if state is None or not state.is_completed():

@@ -30,11 +30,16 @@ def test_rlhf_training_flow_sft_dpo_tiny_and_cached_rerun(prefect_harness: None,
     assert params_model is RLHFTrainingParams
     default = RLHFTrainingParams(output_dir=tmp_path / "default")
     assert [s.stage for s in default.stages] == ["sft", "dpo"]
+    copies = {}  # the stages read copies, so the test can edit one in place
+    for s in default.stages:
+        copies[s.stage] = [tmp_path / f"{s.stage}-{f.name}" for f in s.train_files]
+        for src, dst in zip(s.train_files, copies[s.stage], strict=True):
+            dst.write_bytes(src.read_bytes())
     params = RLHFTrainingParams(
         base_model="tiny",
         output_dir=tmp_path / "run",
         stages=[
-            StageSpec(stage=s.stage, train_files=s.train_files, settings={**QUICK, "learning_rate": 1e-3})
+            StageSpec(stage=s.stage, train_files=copies[s.stage], settings={**QUICK, "learning_rate": 1e-3})
             for s in default.stages
         ],
         safety=SafetyEvalOptions(limit=2, max_new_tokens=8),
@@ -50,3 +55,13 @@ def test_rlhf_training_flow_sft_dpo_tiny_and_cached_rerun(prefect_harness: None,
     again = flow_obj(params)
     assert again == out
     assert metrics.stat().st_mtime_ns == stamp, "finished stages come back from the cache, not retrained"
+
+    # a training file edited in place (same name) is new data: that stage trains again, the one before does not
+    sft_metrics = Path(out["1-sft"]) / "metrics.json"
+    sft_stamp = sft_metrics.stat().st_mtime_ns
+    dpo_file = copies["dpo"][0]
+    dpo_file.write_text("".join(dpo_file.read_text(encoding="utf-8").splitlines(keepends=True)[:-1]), encoding="utf-8")
+    third = flow_obj(params)
+    assert third["model"] == out["model"]
+    assert sft_metrics.stat().st_mtime_ns == sft_stamp
+    assert metrics.stat().st_mtime_ns != stamp, "an edited training file must not bring back the old stage"
