@@ -248,22 +248,30 @@ def check_padding_free(model: Any) -> None:
         )
 
 
+def trl_trainer(
+    ctx: StageContext, config_cls: Any, trainer_cls: Any, args: dict[str, Any] | None = None, **kw: Any
+) -> Any:
+    """A TRL trainer on the stage's model, data, tokenizer and adapter; ``args`` default to the stage's own."""
+    if args is None:
+        args = {**ctx.args_kwargs, **ctx.config.trl_kwargs()}
+    kw.setdefault("eval_dataset", ctx.eval_dataset)
+    return trainer_cls(
+        model=ctx.model,
+        args=config_cls(**args),
+        train_dataset=ctx.train_dataset,
+        processing_class=ctx.tokenizer,
+        peft_config=ctx.peft_config,
+        **kw,
+    )
+
+
 def build_sft(ctx: StageContext) -> Any:
     from trl import SFTConfig, SFTTrainer
 
-    cfg = ctx.config
-    assert isinstance(cfg, SFTStageConfig)
-    if cfg.packing:
+    assert isinstance(ctx.config, SFTStageConfig)
+    if ctx.config.packing:
         check_padding_free(ctx.model)
-    args = SFTConfig(**ctx.args_kwargs, **cfg.trl_kwargs())
-    return SFTTrainer(
-        model=ctx.model,
-        args=args,
-        train_dataset=ctx.train_dataset,
-        eval_dataset=ctx.eval_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    return trl_trainer(ctx, SFTConfig, SFTTrainer)
 
 
 # ----------------------------------------------------------------------------------------- preference
@@ -272,57 +280,25 @@ def build_sft(ctx: StageContext) -> Any:
 def build_rm(ctx: StageContext) -> Any:
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(**ctx.args_kwargs, **ctx.config.trl_kwargs())
-    return RewardTrainer(
-        model=ctx.model,
-        args=args,
-        train_dataset=ctx.train_dataset,
-        eval_dataset=ctx.eval_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    return trl_trainer(ctx, RewardConfig, RewardTrainer)
 
 
 def build_dpo(ctx: StageContext) -> Any:
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**ctx.args_kwargs, **ctx.config.trl_kwargs())
-    return DPOTrainer(
-        model=ctx.model,
-        args=args,
-        train_dataset=ctx.train_dataset,
-        eval_dataset=ctx.eval_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    return trl_trainer(ctx, DPOConfig, DPOTrainer)
 
 
 def build_orpo(ctx: StageContext) -> Any:
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    args = ORPOConfig(**ctx.args_kwargs, **ctx.config.trl_kwargs())
-    return ORPOTrainer(
-        model=ctx.model,
-        args=args,
-        train_dataset=ctx.train_dataset,
-        eval_dataset=ctx.eval_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    return trl_trainer(ctx, ORPOConfig, ORPOTrainer)
 
 
 def build_kto(ctx: StageContext) -> Any:
     from trl import KTOConfig, KTOTrainer
 
-    args = KTOConfig(**ctx.args_kwargs, **ctx.config.trl_kwargs())
-    return KTOTrainer(
-        model=ctx.model,
-        args=args,
-        train_dataset=ctx.train_dataset,
-        eval_dataset=ctx.eval_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    return trl_trainer(ctx, KTOConfig, KTOTrainer)
 
 
 # -------------------------------------------------------------------------------------------- online RL
@@ -357,29 +333,15 @@ def _online_args(ctx: StageContext) -> dict[str, Any]:
 def build_grpo(ctx: StageContext) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(**_online_args(ctx))
-    return GRPOTrainer(
-        model=ctx.model,
-        reward_funcs=ctx.extra["_funcs"],
-        args=args,
-        train_dataset=ctx.train_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    args = _online_args(ctx)  # online RL evaluates by generating: no eval set
+    return trl_trainer(ctx, GRPOConfig, GRPOTrainer, args, reward_funcs=ctx.extra["_funcs"], eval_dataset=None)
 
 
 def build_rloo(ctx: StageContext) -> Any:
     from trl import RLOOConfig, RLOOTrainer
 
-    args = RLOOConfig(**_online_args(ctx))
-    return RLOOTrainer(
-        model=ctx.model,
-        reward_funcs=ctx.extra["_funcs"],
-        args=args,
-        train_dataset=ctx.train_dataset,
-        processing_class=ctx.tokenizer,
-        peft_config=ctx.peft_config,
-    )
+    args = _online_args(ctx)
+    return trl_trainer(ctx, RLOOConfig, RLOOTrainer, args, reward_funcs=ctx.extra["_funcs"], eval_dataset=None)
 
 
 # ------------------------------------------------------------------------------------------- registry
