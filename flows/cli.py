@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from flows.cli_common import fail
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="medtune: fine-tuning factory for medical language models.", no_args_is_help=True)
@@ -23,11 +24,6 @@ models_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 log = logging.getLogger("medtune")
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -55,7 +51,7 @@ def validate(
             for _ in reader:
                 pass
         except (MedtuneError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         line = f"{path}: {reader.stats.rows} rows, format {reader.format.name}"
         if pol is Policy.SKIP:
             line += f", {reader.stats.rejected} rejected"
@@ -80,7 +76,7 @@ def convert(
     try:
         manifest = convert_file(src, dst, to, src_format=src_format, policy=policy)
     except (MedtuneError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     line = f"{dst}: {manifest.rows} rows, format {manifest.format} (from {src})"
     if manifest.rejects:
         line += f", {manifest.rejects['count']} rejected (rejects: {manifest.rejects['path']})"
@@ -122,7 +118,7 @@ def models_materialize(
         try:
             typer.echo(f"embedded:{name}: {materialize(name.removeprefix('embedded:'))}")
         except MedtuneError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -199,7 +195,7 @@ def run(
         flow_obj, model = load_flow(flow_name)
         params = build_params(model, config, overrides or [])
     except MedtuneError as exc:
-        _fail(str(exc), code=2)
+        fail(str(exc), code=2)
     state = flow_obj(params=params, return_state=True)
     outputs: Any = {}
     error = None
@@ -232,7 +228,7 @@ def deploy(
     try:
         deploy_all(gpus=gpus, cuda_pool_type=cuda_pool_type)
     except RuntimeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo("deployed; start workers with: prefect worker start --pool medtune-cpu  (and --pool medtune-cuda)")
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.cli_common import fail
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="Bailian (Alibaba Cloud Model Studio) fine-tuning, step by step.", no_args_is_help=True)
@@ -30,18 +31,13 @@ BaseUrlOpt = Annotated[str | None, typer.Option(help="DashScope API URL override
 WorkspaceOpt = Annotated[str | None, typer.Option(help="Bailian workspace id.")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _client(region: str, base_url: str | None, workspace: str | None) -> Any:
     from medtune_core.bailian import BailianClient
 
     try:
         return BailianClient(region=region, base_url=base_url, workspace=workspace)
     except MedtuneError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 def _echo_json(obj: Any) -> None:
@@ -73,7 +69,7 @@ def convert(
                 source, out_dir, regions=region, splits=split, prompts=prompts, policy=policy
             )
     except (MedtuneError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for m in manifests:
         rejected = f", {m.rejects['count']} rejected" if m.rejects else ""
         typer.echo(f"{m.path}: {m.rows} rows{rejected}")
@@ -94,7 +90,7 @@ def split(
         try:
             parts = split_file(f, out_dir, max_bytes=int(max_mb * MB), max_rows=max_rows)
         except (MedtuneError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         for p in parts:
             typer.echo(f"{p.path}: {p.rows} rows, {p.bytes} bytes")
 
@@ -115,7 +111,7 @@ def estimate(
         stats = [count_file_tokens(f, counter, max_length=max_length) for f in files]
         est = estimate_cost(model, epochs, stats, prices={model: price} if price is not None else None)
     except (MedtuneError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for s in stats:
         typer.echo(f"{s.path}: {s.rows} rows, {s.tokens:,} tokens (max {s.max_row_tokens}/row)")
     typer.echo(est.summary())
@@ -134,7 +130,7 @@ def upload(
         try:
             info = client.upload(f)
         except (MedtuneError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         typer.echo(f"{f}: {info.file_id}{' (already uploaded)' if info.reused else ''}")
 
 
@@ -156,7 +152,7 @@ def files_cmd(
         for f in client.list_files():
             _echo_json(f)
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @jobs_app.command("create")
@@ -196,12 +192,12 @@ def jobs_create(
             ),
         )
     except ValidationError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     client = _client(region, base_url, workspace)
     try:
         _echo_json(client.create_job(spec).as_dict())
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @jobs_app.command("list")
@@ -212,7 +208,7 @@ def jobs_list(region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, wor
         for job in client.list_jobs():
             _echo_json(job.as_dict())
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @jobs_app.command("get")
@@ -224,7 +220,7 @@ def jobs_get(
     try:
         _echo_json(client.get_job(job_id).as_dict())
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @jobs_app.command("logs")
@@ -243,7 +239,7 @@ def jobs_logs(
             if not lines or offset >= total:
                 break
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @jobs_app.command("wait")
@@ -260,7 +256,7 @@ def jobs_wait(
     try:
         job = client.wait(job_id, interval=interval, timeout=timeout, on_log=typer.echo)
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _echo_json(job.as_dict())
 
 
@@ -273,5 +269,5 @@ def jobs_cancel(
     try:
         client.cancel_job(job_id)
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"cancelled {job_id}")

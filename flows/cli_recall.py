@@ -16,16 +16,12 @@ from typing import Annotated
 
 import typer
 
+from flows.cli_common import fail
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(
     help="Eval-driven recall: evaluate models on a benchmark, compare result files.", no_args_is_help=True
 )
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -57,9 +53,9 @@ def evaluate(
         )
         results = evaluate_benchmark(model, benchmark, subjects=subject, options=options, name=name)
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 2)
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 2)
     except (MedtuneError, FileNotFoundError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     results.save(out)
     typer.echo("| subject | n | accuracy | 95% CI |\n|---|---|---|---|")
     for r in accuracy_by_subject(results):
@@ -87,7 +83,7 @@ def compare(
         names = (result1.stem, result2.stem) if same else (a.model, b.model)
         comp = compare_results(a, b, name_a=names[0], name_b=names[1])
     except (MedtuneError, FileNotFoundError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        _fail(f"{result1} / {result2}: {exc}")
+        fail(f"{result1} / {result2}: {exc}")
     markdown = comparison_markdown(comp)
     if comp.missing:
         markdown += f"\n{comp.missing} questions are in only one of the files (left out).\n"

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.cli_common import fail
 from medtune_core.errors import MedtuneError
 
 ModelOpt = Annotated[
@@ -45,11 +46,6 @@ SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed.")]
 SystemOpt = Annotated[str | None, typer.Option(help="System prompt (replaces the records' own).")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _load(
     model: str | None,
     adapter: Path | None,
@@ -61,13 +57,13 @@ def _load(
     from medtune_core.inference import Generator, load_for_inference
 
     if model is None and adapter is None:
-        _fail("pass --model (and/or --adapter)", 2)
+        fail("pass --model (and/or --adapter)", 2)
     try:
         loaded = load_for_inference(
             model, adapter, chat_template=chat_template, strict_template=strict_template, device=device, name=name
         )
     except (MedtuneError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if loaded.template_mismatch:
         typer.echo(
             "warning: the tokenizer's chat template differs from the training template "
@@ -83,7 +79,7 @@ def _params(max_new_tokens: int, temperature: float, top_p: float = 1.0, seed: i
     try:
         return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 def infer(
@@ -109,7 +105,7 @@ def infer(
     from medtune_core.inference import run_batch_inference
 
     if not input_path.is_file():
-        _fail(f"{input_path}: no such file", 2)
+        fail(f"{input_path}: no such file", 2)
     params = _params(max_new_tokens, temperature, top_p, seed)
     gen = _load(model, adapter, chat_template, strict_template, device)
 
@@ -131,7 +127,7 @@ def infer(
             on_batch=progress,
         )
     except (MedtuneError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
 
 
@@ -187,9 +183,9 @@ def api(
         try:
             emb = Embedder(embeddings)
         except (MedtuneError, OSError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     if gen is None and emb is None:
-        _fail("nothing to serve: pass --model and/or --embeddings", 2)
+        fail("nothing to serve: pass --model and/or --embeddings", 2)
     cfg = ServerConfig(api_key=key, default_max_tokens=max_new_tokens, default_temperature=temperature)
     app = create_app(gen, config=cfg, embedder=emb, model_name=served_name)
     typer.echo(f"serving {gen.name if gen else emb.name} at http://{host}:{port}/v1 (auth: {'on' if key else 'off'})")
@@ -217,7 +213,7 @@ def ui(
     try:
         demo = build_demo(gen, title=title, system=system, params=params)
     except MedtuneError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     launch_demo(demo, host, port)
 
 
@@ -292,7 +288,7 @@ def safety_eval(
             results[other] = metrics
         results[label if label not in results else f"{label} (new)"] = {k: r.metrics for k, r in reports.items()}
     except (MedtuneError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     table = comparison_table(results, title="Safety evaluation")
     out.mkdir(parents=True, exist_ok=True)
     (out / "safety_table.md").write_text(table, encoding="utf-8")

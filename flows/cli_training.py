@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from flows.cli_common import fail
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="Training helpers: domain vocabulary.", no_args_is_help=True)
@@ -26,11 +27,6 @@ app = typer.Typer(help="Training helpers: domain vocabulary.", no_args_is_help=T
 @app.callback()
 def _group() -> None:
     """Training helpers: domain vocabulary."""
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @app.command("extend-vocab")
@@ -49,9 +45,9 @@ def extend_vocab(
 ) -> None:
     """Add domain words (from a file and/or learned from a corpus) to a model's tokenizer as whole tokens."""
     if words is None and not learn_from:
-        _fail("give --words FILE and/or --learn-from CORPUS", 2)
+        fail("give --words FILE and/or --learn-from CORPUS", 2)
     if out is None and not dry_run:
-        _fail("give --out FOLDER (or --dry-run to only list the words)", 2)
+        fail("give --out FOLDER (or --dry-run to only list the words)", 2)
     from transformers import AutoTokenizer
 
     from medtune_core.training.runner import resolve_model_ref
@@ -64,14 +60,14 @@ def extend_vocab(
             words_file=words, learn_from=learn_from or (), top_n=top_n, tokenizer=tokenizer, min_freq=min_freq
         )
         if not found:
-            _fail("no words to add (the words file is empty, or nothing in the corpus passed the filters)")
+            fail("no words to add (the words file is empty, or nothing in the corpus passed the filters)")
         if dry_run:
             typer.echo("\n".join(found))
             return
         assert out is not None
         ext = extend_vocabulary(model_path, found, out)
     except (MedtuneError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     summary = {
         "output_dir": str(ext.output_dir),
         "base_model": str(ext.base_model),
