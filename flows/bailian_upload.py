@@ -74,7 +74,12 @@ class BailianUploadParams(BaseModel):
     base_url: str | None = Field(None, description="DashScope API URL override (e.g. a proxy or a test server).")
     workspace: str | None = Field(None, description="Bailian workspace id.")
     api_key_block: str | None = Field(None, description="Prefect Secret block with the key (else DASHSCOPE_API_KEY).")
-    registry: Path | None = Field(None, description="Upload/job registry; default $MEDTUNE_HOME/bailian.")
+    registry: Path | None = Field(
+        None, description="Upload/job registry file; default $MEDTUNE_HOME/bailian/registry.json."
+    )
+    recreate_failed: bool = Field(
+        False, description="When the job for these inputs ended FAILED or CANCELED, create a new one instead."
+    )
     wait: bool = Field(True, description="Follow the job to its end.")
     poll_interval_s: float = Field(30.0, ge=0, description="First poll interval; grows while nothing changes.")
     poll_max_interval_s: float = Field(300.0, ge=0)
@@ -88,7 +93,21 @@ class BailianUploadParams(BaseModel):
             raise ValueError(f"max_cost {self.max_cost} is above {self.CONFIRM_ABOVE:.0f} CNY: set confirm_cost=true")
         if self.deploy and not self.wait:
             raise ValueError("deploy needs wait=true (the model exists only when the job has succeeded)")
+        self.output_names()  # two inputs that would write one output file are refused here
         return self
+
+    def output_names(self) -> tuple[list[str], list[str]]:
+        """Output names of ``source_files`` and ``validation_files``: the file's stem, or ``<folder>-<stem>``
+        where two inputs share a stem (``Taiwan/train.jsonl`` and ``US/train.jsonl`` must not overwrite each
+        other); two inputs that still clash are refused."""
+        files = [*self.source_files, *self.validation_files]
+        stems = [f.stem for f in files]
+        names = [f"{f.parent.name}-{f.stem}" if stems.count(f.stem) > 1 else f.stem for f in files]
+        if len(set(names)) != len(names):
+            clash = sorted({str(f) for f, n in zip(files, names, strict=True) if names.count(n) > 1})
+            raise ValueError(f"bailian-upload: these inputs would write the same output file: {', '.join(clash)}")
+        n = len(self.source_files)
+        return names[:n], names[n:]
 
     def endpoint(self) -> BailianEndpoint:
         return BailianEndpoint(
@@ -105,11 +124,26 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
     """Convert, split and estimate; unless dry run, upload and fine-tune. Returns output paths and job facts."""
     out = params.output_dir
     if params.source_files:
+        train_names, val_names = params.output_names()
         train = call_fresh(
-            convert_medqa_files, params.source_files, out, "auto", "train", params.system_prompt, params.policy
+            convert_medqa_files,
+            params.source_files,
+            out,
+            "auto",
+            "train",
+            params.system_prompt,
+            params.policy,
+            train_names,
         )
         val = call_fresh(
-            convert_medqa_files, params.validation_files, out, "auto", "dev", params.system_prompt, params.policy
+            convert_medqa_files,
+            params.validation_files,
+            out,
+            "auto",
+            "dev",
+            params.system_prompt,
+            params.policy,
+            val_names,
         )
         converted = train + val
     else:
@@ -171,7 +205,7 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
         training_type=params.training_type,
         hyper_parameters=params.hyper_parameters,
     )
-    job = create_fine_tune(spec, endpoint)
+    job = create_fine_tune(spec, endpoint, params.recreate_failed)
     if params.wait:
         job = wait_fine_tune(
             job["job_id"], endpoint, params.poll_interval_s, params.poll_max_interval_s, params.wait_timeout_s

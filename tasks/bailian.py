@@ -85,20 +85,25 @@ def convert_medqa_files(
     split: str = "train",
     system_prompt: str | None = None,
     policy: Policy = Policy.STRICT,
+    names: list[str] | None = None,
 ) -> list[Manifest]:
-    """Single MedQA files → ``output_dir/<stem>.jsonl``; ``auto`` language is English for paths under ``US``."""
+    """Single MedQA files → ``output_dir/<name>.jsonl`` (``names``: one per file, default the file's stem);
+    ``auto`` language is English for paths under ``US``."""
     prompts = BailianPrompts().with_system(system_prompt)
+    names = names or [Path(f).stem for f in files]
+    if len(names) != len(files) or len(set(names)) != len(names):
+        raise MedtuneError(f"convert_medqa_files: output names must be one per file and distinct, got {names}")
     out = []
-    for f in files:
+    for f, name in zip(files, names, strict=True):
         lang = language if language != "auto" else ("en" if "US" in Path(f).parts else "zh")
         out.append(
             convert_medqa_file(
                 f,
-                output_dir / f"{Path(f).stem}.jsonl",
+                output_dir / f"{name}.jsonl",
                 language=lang,  # type: ignore[arg-type]
                 prompts=prompts,
                 policy=policy,
-                extra={"dataset": Path(f).stem, "split": split},
+                extra={"dataset": name, "split": split},
             )
         )
     return out
@@ -158,9 +163,10 @@ def upload_file(manifest: Manifest, endpoint: BailianEndpoint) -> dict[str, Any]
 
 
 @medtune_task(retry="network")
-def create_fine_tune(spec: JobSpec, endpoint: BailianEndpoint) -> dict[str, Any]:
-    """Create the fine-tune job for ``spec`` (once: the same spec returns the job created before)."""
-    job = endpoint.client().create_job(spec)
+def create_fine_tune(spec: JobSpec, endpoint: BailianEndpoint, recreate_failed: bool = False) -> dict[str, Any]:
+    """Create the fine-tune job for ``spec`` (once: the same spec returns the job created before, unless that job
+    ended FAILED or CANCELED and ``recreate_failed`` asks for a new one)."""
+    job = endpoint.client().create_job(spec, recreate_failed=recreate_failed)
     get_run_logger().info("fine-tune job %s: %s%s", job.job_id, job.status, " (existing)" if job.reused else "")
     return job.as_dict()
 

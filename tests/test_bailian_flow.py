@@ -110,6 +110,35 @@ def test_full_run_then_rerun_sends_nothing_twice(prefect_harness, tmp_path, monk
         assert server.count("POST", "/api/v1/fine-tunes") == 2
         assert len([r for r in server.calls("POST", "/api/v1/files") if r.status == 200]) == 3  # no re-upload
 
+        # the failed job is not re-created by a plain re-run; recreate_failed asks for a new one
+        server.job_outcome = "SUCCEEDED"
+        assert bailian_upload(failing, return_state=True).is_failed()
+        assert server.count("POST", "/api/v1/fine-tunes") == 2
+        retried = bailian_upload(failing.model_copy(update={"recreate_failed": True}))
+        assert retried["status"] == "SUCCEEDED" and retried["job_id"] != out["job_id"]
+        assert server.count("POST", "/api/v1/fine-tunes") == 3
+        assert len([r for r in server.calls("POST", "/api/v1/files") if r.status == 200]) == 3
+
+
+def test_source_files_with_one_name_in_two_folders_do_not_overwrite(prefect_harness, tmp_path):
+    q = medqa_tree(tmp_path / "MedQA") / "questions"
+    write_jsonl(q / "US/train.jsonl", [EN] * 4)
+    params = BailianUploadParams(
+        source_files=[q / "Taiwan/train.jsonl", q / "US/train.jsonl"],
+        validation_files=[q / "Mainland/4_options/phrases_no_exclude_dev.jsonl"],
+        output_dir=tmp_path / "out",
+    )
+    out = bailian_upload(params)
+    assert sorted(k for k in out if k != "estimated_cost_cny") == [
+        "Taiwan-train",
+        "US-train",
+        "phrases_no_exclude_dev",
+    ]
+    assert len(Path(out["Taiwan-train"]).read_text(encoding="utf-8").splitlines()) == 2
+    assert "Malaria" in Path(out["US-train"]).read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="would write the same output file"):
+        BailianUploadParams(source_files=[q / "US/train.jsonl", q / "US/train.jsonl"])
+
 
 @pytest.mark.skipif(not (SAMPLE_MEDQA / "questions").is_dir(), reason="sample MedQA data not present")
 def test_defaults_run_on_sample_data(prefect_harness, tmp_path):
