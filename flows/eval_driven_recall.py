@@ -24,7 +24,7 @@ from medtune_core.errors import MedtuneError
 from medtune_core.recall import EmbeddingConfig, EvalTextMode, MixConfig, RecallConfig, TextMode
 from medtune_core.training import stage_config
 from tasks.artifacts import publish_markdown, publish_table
-from tasks.base import call_fresh
+from tasks.base import call_fresh, map_fresh
 from tasks.recall import decontaminate_and_mix, embed_eval_set, embed_pool_shard, recall_task, split_pool_task
 from tasks.recall_eval import TrainEvalSettings, compare_models_task, evaluate_model_task
 from tasks.training import resolve_base, train_stage_task, with_input_files
@@ -63,6 +63,13 @@ class EvalDrivenRecallParams(BaseModel):
     eval_text: EvalTextMode = Field(EvalTextMode.QUESTION, description="What of a question is embedded.")
     pool_text: TextMode = Field(TextMode.FIRST_USER, description="What of a pool row is embedded.")
     shard_size: int = Field(50_000, ge=100, description="Pool rows per embedding shard (the unit of caching).")
+    parallel_shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Shards embedded at once: >1 pays off for an embeddings API (network-bound) or a Dask/Ray task "
+        "runner; a local model on CPU already uses every core for one shard.",
+    )
     top_k: int = Field(50, ge=1, le=1000, description="Rows recalled per question (seed: 50, range 30-100).")
     similarity_threshold: float | None = Field(
         None,
@@ -190,7 +197,8 @@ def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
         embed_eval_set, params.benchmark_files, params.subjects, params.eval_text, embedding, str(out / "eval_vectors")
     )
     texts = call_fresh(split_pool_task, params.pool_files, params.pool_text, params.shard_size, str(out / "pool_texts"))
-    shards = [call_fresh(embed_pool_shard, Path(t.path), embedding, str(out / "pool_vectors")) for t in texts]
+    shard_calls = [(Path(t.path), embedding, str(out / "pool_vectors")) for t in texts]
+    shards = map_fresh(embed_pool_shard, shard_calls, params.parallel_shards)
     found = call_fresh(
         recall_task,
         eval_vectors,

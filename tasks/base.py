@@ -64,6 +64,23 @@ def outputs_current(result: Any) -> bool:
     return True
 
 
+def map_fresh(task_obj: Any, calls: list[tuple[Any, ...]], parallel: int = 1) -> list[Any]:
+    """:func:`call_fresh` over many argument tuples, at most ``parallel`` runs at once (in submission waves on the
+    flow's task runner: threads by default, workers of a Dask or Ray runner); results in input order."""
+    if parallel <= 1:
+        return [call_fresh(task_obj, *args) for args in calls]
+    results: list[Any] = []
+    for start in range(0, len(calls), parallel):
+        wave = calls[start : start + parallel]
+        futures = [task_obj.submit(*args) for args in wave]
+        for args, future in zip(wave, futures, strict=True):
+            result = future.result()
+            if not outputs_current(result):
+                result = task_obj.with_options(refresh_cache=True)(*args)
+            results.append(result)
+    return results
+
+
 def call_fresh(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a cached task; if the cached result names output files that were deleted or changed since,
     run it again (a cache hit must never hand back a manifest of a file that is no longer there)."""

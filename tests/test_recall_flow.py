@@ -55,3 +55,15 @@ def test_sample_data_then_cached_then_lost_shard(prefect_harness, tmp_path: Path
     shard_states = task_states(third.state_details.flow_run_id)["recall-embed-pool-shard"]
     assert shard_states.count("Completed") == 1 and shard_states.count("Cached") == 4  # 3 hits + 1 stale hit
     assert Path(third.result()["train"]).read_bytes() == first["train"]
+
+    # shards embedded three at a time (submitted to the task runner): the same vectors, the same training set
+    parallel = EvalDrivenRecallParams(output_dir=tmp_path / "parallel", shard_size=100, parallel_shards=3)
+    fourth = eval_driven_recall(params=parallel, return_state=True)
+    assert fourth.is_completed(), fourth.message
+    assert task_states(fourth.state_details.flow_run_id)["recall-embed-pool-shard"] == ["Completed"] * 4
+    assert Path(fourth.result()["train"]).read_bytes() == first["train"]
+    for n in range(4):
+        name = f"shard-{n:05d}.npy"
+        assert (tmp_path / "parallel" / "pool_vectors" / name).read_bytes() == (
+            tmp_path / "out" / "pool_vectors" / name
+        ).read_bytes()
