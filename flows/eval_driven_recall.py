@@ -22,6 +22,7 @@ import medtune_core
 from medtune_core.dataio import Manifest
 from medtune_core.errors import MedtuneError
 from medtune_core.recall import EmbeddingConfig, EvalTextMode, MixConfig, RecallConfig, TextMode
+from medtune_core.settings import get_settings
 from medtune_core.training import stage_config
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.base import call_fresh, map_fresh
@@ -116,8 +117,11 @@ class EvalDrivenRecallParams(BaseModel):
 
     def embedding(self) -> EmbeddingConfig:
         options: dict[str, Any] = {}
-        if self.backend == "openai-api" and self.base_url:
-            options["base_url"] = self.base_url
+        if self.backend == "openai-api":
+            if self.base_url:
+                options["base_url"] = self.base_url
+            # per-text vectors: a changed shard or a re-split pool never pays twice for a text it already sent
+            options["cache_path"] = str(get_settings().cache_dir / "embeddings.sqlite")
         return EmbeddingConfig(self.backend, self.model, self.batch_size, self.device, options)
 
     def recall_config(self) -> RecallConfig:

@@ -67,3 +67,11 @@ def test_sample_data_then_cached_then_lost_shard(prefect_harness, tmp_path: Path
         assert (tmp_path / "parallel" / "pool_vectors" / name).read_bytes() == (
             tmp_path / "out" / "pool_vectors" / name
         ).read_bytes()
+
+
+def test_api_embeddings_are_cached_per_text_under_medtune_home() -> None:
+    from medtune_core.settings import get_settings
+
+    cfg = EvalDrivenRecallParams(backend="openai-api", model="text-embedding-3-small").embedding()
+    assert cfg.options["cache_path"] == str(get_settings().cache_dir / "embeddings.sqlite")
+    assert "cache_path" not in EvalDrivenRecallParams().embedding().options  # local backends need none
