@@ -115,7 +115,7 @@ def per_agent(requests: int) -> int:
 
 def sample_payloads(requests: int, seed: int) -> list[dict[str, Any]]:
     """The requests LLM mode sends (same messages and response_format), round-robin over the agents."""
-    from medtune_core.synthesis.llm_mode import _CURRENT_INPUT, DEFAULT_PARAMS, build_chat_requests
+    from medtune_core.synthesis.llm_mode import DEFAULT_PARAMS, build_chat_requests
 
     k = -(-requests // len(AGENTS))
     planned = {a: build_chat_requests(a, seed, 0, k) for a in AGENTS}
@@ -132,7 +132,6 @@ def sample_payloads(requests: int, seed: int) -> list[dict[str, Any]]:
                     **DEFAULT_PARAMS,
                 }
             )
-            _CURRENT_INPUT.pop(id(req.schema), None)
     return out[:requests]
 
 

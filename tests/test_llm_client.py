@@ -499,3 +499,169 @@ def test_one_client_across_event_loops_and_a_server_in_a_child_process():
         assert run(client.chat(user("one"))).text == "echo: one"
         assert run(client.chat(user("two"))).text == "echo: two"  # a new loop: the client rebinds
         run(client.aclose())
+
+
+# ------------------------------------------------------------------------------------------- cheap per request
+class Triage(BaseModel):
+    """Same field names as Diagnosis, other constraints: its schema must never be served for Diagnosis."""
+
+    answer: str = Field(max_length=50)
+    score: int = Field(ge=0, le=10)
+
+
+def test_json_schema_is_cached_per_class_and_never_mixed_up(server):
+    from medtune_core.llm.client import _schema_parts
+
+    client = make_client(server)
+    for model in (Diagnosis, Triage, Diagnosis, Triage):
+        assert run(client.chat_json(user(f"{model.__name__}"), model)).ok
+    sent = [b["response_format"]["json_schema"] for b in server.bodies]
+    assert [s["name"] for s in sent] == ["Diagnosis", "Triage", "Diagnosis", "Triage"]
+    assert [s["schema"] for s in sent] == [m.model_json_schema() for m in (Diagnosis, Triage, Diagnosis, Triage)]
+    assert sent[0]["schema"] != sent[1]["schema"]
+    assert _schema_parts(Diagnosis) is _schema_parts(Diagnosis)  # computed once
+    assert _schema_parts(Diagnosis)[1] == Diagnosis.model_json_schema()  # and not mutated by the requests
+
+    mode = make_client(server, structured_output="json_object")
+    server.responder = diagnosis_responder
+    for model in (Triage, Diagnosis):
+        assert run(mode.chat_json(user("x"), model)).ok
+        instruction = server.bodies[-1]["messages"][0]["content"]
+        assert json.dumps(model.model_json_schema(), ensure_ascii=False) in instruction
+
+
+def test_check_sees_the_validated_answer_and_drives_the_reask(server):
+    server.responder = diagnosis_responder
+    seen: list[Diagnosis] = []
+
+    def only_low_scores(answer: Diagnosis) -> str | None:
+        seen.append(answer)
+        return None if answer.score < 3 else f"score {answer.score} is too high"
+
+    result = run(make_client(server).chat_json(user("a"), Diagnosis, check=only_low_scores))
+    assert isinstance(result, Rejected) and result.reason == "schema_violation"
+    assert result.detail == "score 3 is too high" and server.total == 2
+    assert "score 3 is too high" in server.bodies[1]["messages"][-1]["content"]  # the re-ask names the problem
+    assert all(isinstance(a, Diagnosis) for a in seen) and len(seen) == 2
+
+    def raises(answer: Diagnosis) -> str | None:
+        raise ValueError("no good")
+
+    result = run(make_client(server).chat_json(user("b"), Diagnosis, check=raises))
+    assert isinstance(result, Rejected) and result.detail == "no good"
+    ok = run(make_client(server).run_many([ChatRequest(user("c"), Diagnosis, check=lambda a: None)]))
+    assert ok[0].ok and ok[0].data == Diagnosis(answer="dx for c", score=3)
+
+
+def test_post_path_sends_what_create_sends(server):
+    """The client's ``post`` shortcut and the SDK's ``chat.completions.create`` put the same request on the wire."""
+    import openai
+
+    params = {
+        "max_tokens": 20,
+        "temperature": 0.3,
+        "response_format": {"type": "json_object"},
+        "extra_body": {"top_k": 5},
+        "extra_headers": {"X-Medtune-Test": "1"},
+    }
+    client = make_client(server)
+    assert run(client.chat(user("same"), **params)).ok
+
+    async def by_create() -> None:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key="test-key", max_retries=0) as sdk:
+            await sdk.chat.completions.create(model="fake-model", messages=user("same"), **params)
+
+    run(by_create())
+    assert server.bodies[0] == server.bodies[1]
+    assert server.bodies[0]["top_k"] == 5 and "extra_body" not in server.bodies[0]
+    with pytest.raises(TypeError, match="no_such_param"):
+        run(client.chat(user("x"), no_such_param=1))
+
+
+def test_cache_hit_returns_identical_content(server, tmp_path):
+    server.latency_s = 0.02
+    requests = [ChatRequest(user(f"病例 {i}"), Diagnosis) for i in range(12)]
+    first = make_client(server, tmp_path)
+    a = run(first.run_many(requests))
+    assert all(r.ok and not r.cached for r in a) and server.total == 12
+    assert len(first.cache) == 12  # written when the batch returned
+    again = run(first.chat_json(requests[0].messages, Diagnosis))  # asked again later: from the cache
+    assert again.cached and again.text == a[0].text
+
+    second = make_client(server, tmp_path)  # a later run (another process, as far as the file is concerned)
+    b = run(second.run_many(requests))
+    assert server.total == 12
+    for x, y in zip(a, b, strict=True):
+        assert y.cached and y.cost == 0.0
+        assert (y.text, y.data, y.usage, y.raw, y.finish_reason) == (x.text, x.data, x.usage, x.raw, x.finish_reason)
+
+
+def test_deferred_cache_writes_are_seen_at_once_and_committed_together(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    assert cache.put_deferred("k1", kind="chat", model="m", response={"a": 1}, usage=Usage(1, 2, 0)) is True
+    assert cache.put_deferred("k2", kind="chat", model="m", response={"b": 2}, usage=Usage(3, 4, 1)) is False
+    assert cache.get("k1").response == {"a": 1} and "k2" in cache and cache.get("k2").usage == Usage(3, 4, 1)
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0  # not on disk yet
+    cache.flush()
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 2
+    cache.put_deferred("k3", kind="chat", model="m", response={"c": 3}, usage=Usage())
+    assert cache.stats().entries == 3 and cache.writes == 3
+    cache.put_deferred("k4", kind="chat", model="m", response={"d": 4}, usage=Usage())
+    cache.close()  # flushes
+    with ResponseCache(path) as reopened:
+        assert reopened.get("k4").response == {"d": 4} and len(reopened) == 4
+
+
+@pytest.mark.parametrize("backend", ["httpx", "aiohttp"])
+def test_http_backends_behave_alike(server, backend):
+    server.add_faults("429:0.01", "500", "disconnect")
+    client = make_client(server, http_backend=backend)
+    results = run(client.run_many([ChatRequest(user(f"q{i}")) for i in range(6)]))
+    assert [r.text for r in results] == [f"echo: q{i}" for i in range(6)]
+    assert server.total == 9 and client.ledger.counters["retries"] == 3
+    assert server.bodies[-1]["model"] == "fake-model"
+    run(client.aclose())
+
+
+def test_aiohttp_backend_missing(server, monkeypatch):
+    import openai
+
+    class Missing:
+        def __init__(self, **_: object) -> None:
+            raise RuntimeError("To use the aiohttp client you must have installed the package with the `aiohttp` extra")
+
+    monkeypatch.setattr(openai, "DefaultAioHttpClient", Missing)
+    assert run(make_client(server).chat(user("auto falls back"))).text == "echo: auto falls back"
+    with pytest.raises(LLMError, match="aiohttp"):
+        run(make_client(server, http_backend="aiohttp").chat(user("x")))
+
+
+def test_a_response_that_is_not_json_is_a_failed_result():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotJSON(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>proxy error</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotJSON)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        result = run(LLMClient(LLMConfig(model="m", base_url=url, api_key="k", max_retries=0)).chat(user("x")))
+        assert isinstance(result, Failed) and result.reason == "bad_response" and "not a JSON object" in result.detail
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -156,6 +156,28 @@ def test_near_duplicates_are_removed_and_counted(tmp_path: Path) -> None:
     assert deduplicate(samples + planted, DedupConfig(near=False)).reasons() == {}
 
 
+def test_minhash_shortcuts_give_datasketch_default_values() -> None:
+    """The cheaper MinHash (cached permutations, memoised SHA-1 per shingle) equals ``MinHash(num_perm, seed=1)``,
+    so dedup decisions and estimated similarities are the same as before."""
+    from datasketch import MinHash
+
+    from medtune_core.synthesis.postprocess import DuplicateIndex, dedup_text, minhash, shingles
+
+    samples = generate_seed_samples("drug", 30, seed=3) + generate_seed_samples("critic", 30, seed=3)
+    index = DuplicateIndex(DedupConfig(num_perm=64, ngram=4))
+    for s in samples:
+        text = dedup_text(s)
+        for cfg in (DedupConfig(), DedupConfig(num_perm=64, ngram=4)):
+            reference = MinHash(num_perm=cfg.num_perm, seed=1)
+            reference.update_batch(shingles(text, cfg.ngram))
+            assert (minhash(text, cfg).hashvalues == reference.hashvalues).all()
+            assert minhash(text, cfg).jaccard(reference) == 1.0
+        assert index.check_and_add(s.id, text) is None
+        reference = MinHash(num_perm=64, seed=1)
+        reference.update_batch(shingles(text, 4))
+        assert (index._hashes[s.id].hashvalues == reference.hashvalues).all()
+
+
 @pytest.mark.parametrize("fmt", ["instruction", "conversations", "messages"])
 def test_written_files_validate_strictly(tmp_path: Path, fmt: str) -> None:
     reports = run_seed_mode(tmp_path, "all", 30, seed=1, output_format=fmt)

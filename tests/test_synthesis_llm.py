@@ -104,3 +104,40 @@ def test_quality_failures_are_reasked_then_rejected(tmp_path: Path) -> None:
         assert server.total == 8  # one corrective re-ask each
         rows = [json.loads(x) for x in (tmp_path / "critic_sft_data.jsonl.rejects.jsonl").read_text().splitlines()]
         assert all("band" in row["problem"] and row["raw"] for row in rows)
+
+
+def test_chat_requests_are_build_messages_with_a_shared_prefix_and_the_agents_checks() -> None:
+    from medtune_core.synthesis.llm_mode import QUALITY_PREFIX, build_chat_requests
+    from medtune_core.synthesis.requests import build_messages, system_message
+
+    systems = {}
+    for name in ("preprocess", "critic", "check_rag", "diagnosis", "drug"):
+        agent = get_agent(name)
+        planned = build_chat_requests(name, 5, 10, 4)
+        assert [i for i, _, _ in planned] == [10, 11, 12, 13]
+        for _, inp, req in planned:
+            assert list(req.messages) == build_messages(agent, inp)
+            assert req.schema is agent.output_model and req.params == {"temperature": 0.7}
+            good = agent.output_model.model_validate(agent.template_output(inp, random.Random(0)))
+            assert req.check(good) is None
+        assert planned[0][2].messages[0] is planned[-1][2].messages[0]  # system + few-shots built once per batch
+        systems[name] = system_message(agent)
+        assert system_message(agent) is systems[name]  # computed once per agent
+        assert json.dumps(agent.response_schema(), ensure_ascii=False, separators=(",", ":")) in systems[name]
+    assert len(set(systems.values())) == 5
+
+    critic = get_agent("critic")
+    _, inp, req = build_chat_requests(critic, 1, 0, 1)[0]
+    bad = critic.output_model.model_validate(critic.template_output(inp, random.Random(0)))
+    bad = bad.model_copy(update={"band": "优秀" if bad.score < 9 else "不合格"})
+    problem = req.check(bad)
+    assert problem is not None and problem.startswith(f"<root>: Value error, {QUALITY_PREFIX}: ") and "band" in problem
+
+
+def test_system_message_follows_a_changed_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medtune_core.synthesis.requests import system_message
+
+    agent = get_agent("drug")
+    before = system_message(agent)
+    monkeypatch.setattr(type(agent), "system_prompt", "另一个提示")
+    assert system_message(agent).startswith("另一个提示") and system_message(agent) != before

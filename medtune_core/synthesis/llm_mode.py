@@ -2,9 +2,12 @@
 
 Per batch, every index gets its input (from its own seeded generator, so a batch is reproducible and a rerun
 sends byte-identical requests that the response cache answers for free), its request (system prompt +
-few-shots + input, JSON schema of the agent's answer) and one :meth:`LLMClient.chat_json` call. The agent's
-quality checks run inside the schema (a pydantic ``after`` validator), so a failing answer gets the client's
-one corrective re-ask before it is rejected.
+few-shots + input, JSON schema of the agent's answer) and one :meth:`LLMClient.chat_json` call. The answer is
+validated with the agent's fixed output model, then the agent's quality checks run on it with the request's
+input (the request's ``check``), so a failing answer gets the client's one corrective re-ask before it is
+rejected. The system message (with the agent's JSON schema) is computed once per agent, the few-shot turns
+once per batch: building a request costs the input's sampling and one user message. An accepted answer is not
+validated again (the client did it, checks included).
 
 Outcomes per index: accepted; rejected with a reason (written to the rejects file, never to the data);
 ``failed`` (no answer after the client's retries) or ``budget`` (not sent: the cap would be exceeded) — the
@@ -16,57 +19,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, model_validator
 
 from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LLMClient, LLMConfig, Rejected
 from medtune_core.synthesis.base import Agent, Sample, get_agent, resolve_agents
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
-from medtune_core.synthesis.requests import build_messages
+from medtune_core.synthesis.requests import prompt_prefix, user_message
 from medtune_core.synthesis.run import AgentReport, batch_ranges, finalize_agent, sizes_for, write_summary
 from medtune_core.synthesis.seed import sample_input
 
 QUALITY_PREFIX = "quality check failed"
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.7}
 
-_CURRENT_INPUT: dict[int, dict[str, Any]] = {}
 
+def quality_check(agent: Agent, inp: dict[str, Any]) -> Callable[[Any], str | None]:
+    """The request's ``check`` for :meth:`LLMClient.chat_json`: the agent's quality checks on the validated answer
+    with this input. Its problem text is what the former pydantic ``after`` validator produced (so a re-ask sends
+    the same correction turn as before, and a cached re-ask still hits)."""
 
-@cache
-def checked_schema(agent_name: str) -> type[BaseModel]:
-    """The agent's output model plus its quality checks as an ``after`` validator (same JSON schema and title).
+    def check(answer: Any) -> str | None:
+        failures = list(agent.checks(inp, answer))
+        if not failures:
+            return None
+        return f"<root>: Value error, {QUALITY_PREFIX}: " + "; ".join(str(f) for f in failures)
 
-    The input a check needs is passed through pydantic's validation context key ``"input"``; the client
-    validates without context, so the checks read it from the request (see :func:`_schema_for`).
-    """
-    agent = get_agent(agent_name)
-    base = agent.output_model
-
-    class Checked(base):  # type: ignore[valid-type, misc]
-        model_config = ConfigDict(title=base.__name__)
-
-        @model_validator(mode="after")
-        def _quality(self) -> Checked:
-            inp = _CURRENT_INPUT.get(id(type(self)))
-            if inp is not None:
-                failures = list(agent.checks(inp, self))
-                if failures:
-                    raise ValueError(f"{QUALITY_PREFIX}: " + "; ".join(str(f) for f in failures))
-            return self
-
-    Checked.__name__ = Checked.__qualname__ = base.__name__
-    return Checked
-
-
-def _schema_for(agent: Agent, inp: dict[str, Any]) -> type[BaseModel]:
-    """A per-request subclass that knows its input (requests of a batch run concurrently)."""
-    base = checked_schema(agent.name)
-    sub = type(base.__name__, (base,), {"model_config": ConfigDict(title=agent.output_model.__name__)})
-    _CURRENT_INPUT[id(sub)] = inp
-    return sub
+    return check
 
 
 @dataclass
@@ -99,12 +77,20 @@ def build_chat_requests(
     params: Mapping[str, Any] | None = None,
     few_shots: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
 ) -> list[tuple[int, dict[str, Any], ChatRequest]]:
+    """Input and request of samples ``start .. start+count-1``: the messages of
+    :func:`~medtune_core.synthesis.requests.build_messages` (the system and few-shot turns built once and shared by
+    all requests of the batch), the agent's output model as the schema, and its quality checks with the sample's
+    input as ``check``."""
     a = get_agent(agent) if isinstance(agent, str) else agent
+    if count <= 0:
+        return []
+    prefix = prompt_prefix(a, few_shots)
+    sampling = dict(params or DEFAULT_PARAMS)
     out = []
     for i in range(start, start + count):
         inp = sample_input(a, seed, i, source="llm")
-        messages = build_messages(a, inp, few_shots)
-        out.append((i, inp, ChatRequest(messages, _schema_for(a, inp), dict(params or DEFAULT_PARAMS))))
+        messages = [*prefix, {"role": "user", "content": user_message(inp)}]
+        out.append((i, inp, ChatRequest(messages, a.output_model, dict(sampling), check=quality_check(a, inp))))
     return out
 
 
@@ -122,11 +108,7 @@ async def run_llm_batch(
     """Answer samples ``start .. start+count-1`` of ``agent`` through ``client`` and validate them."""
     a = get_agent(agent) if isinstance(agent, str) else agent
     planned = build_chat_requests(a, seed, start, count, params=params, few_shots=few_shots)
-    try:
-        results = await client.run_many([req for _, _, req in planned], on_result=on_result)
-    finally:
-        for _, _, req in planned:
-            _CURRENT_INPUT.pop(id(req.schema), None)
+    results = await client.run_many([req for _, _, req in planned], on_result=on_result)
     outcome = BatchOutcome(PostprocessResult(), currency=client.budget_currency)
     for (index, inp, _), res in zip(planned, results, strict=True):
         usage = getattr(res, "usage", None)
@@ -138,7 +120,10 @@ async def run_llm_batch(
         if isinstance(res, ChatResult):
             outcome.requests += 1
             outcome.cache_hits += int(res.cached)
-            out, failures = a.validate(inp, res.data.model_dump(mode="json"))
+            if isinstance(res.data, a.output_model):  # validated and checked by the client (``check``)
+                out, failures = res.data.model_dump(mode="json"), []
+            else:  # pragma: no cover - a request built elsewhere
+                out, failures = a.validate(inp, res.data.model_dump(mode="json"))
             sample = Sample(a.name, index, inp, out, source="llm", raw=None, meta={"seed": seed, "model": res.model})
             if failures or out is None:
                 f = failures[0]

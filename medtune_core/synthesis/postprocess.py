@@ -8,14 +8,17 @@ so the result is deterministic.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from datasketch import MinHash, MinHashLSH
+from datasketch.hashfunc import sha1_hash32
 
 from medtune_core.synthesis.base import Agent, Sample, canonical_json, get_agent
 
@@ -95,15 +98,68 @@ def dedup_text(sample: Sample) -> str:
 
 def shingles(text: str, n: int = 3) -> list[bytes]:
     """Distinct character n-grams of ``text`` in first-seen order."""
+    return [g.encode("utf-8") for g in _shingle_strs(text, n)]
+
+
+def _shingle_strs(text: str, n: int) -> list[str]:
     if len(text) <= n:
-        return [text.encode("utf-8")]
-    return [g.encode("utf-8") for g in dict.fromkeys(text[i : i + n] for i in range(len(text) - n + 1))]
+        return [text]
+    return list(dict.fromkeys([text[i : i + n] for i in range(len(text) - n + 1)]))
 
 
 def minhash(text: str, cfg: DedupConfig) -> MinHash:
-    m = MinHash(num_perm=cfg.num_perm, seed=1)
+    """MinHash of the text's shingles: the values of ``MinHash(num_perm, seed=1)`` fed with them, made cheaper."""
+    m = _minhash_template(cfg.num_perm).copy()
     m.update_batch(shingles(text, cfg.ngram))
     return m
+
+
+_UNPACK_U32 = struct.Struct("<I").unpack_from
+
+
+def _sha1_hash32(data: bytes) -> int:
+    """``datasketch.hashfunc.sha1_hash32`` (the first 4 bytes of SHA-1, little endian), with less overhead."""
+    return _UNPACK_U32(hashlib.sha1(data).digest())[0]
+
+
+class _Sha1Memo(dict):
+    """``shingle (str) -> _sha1_hash32(its UTF-8)``, computed once per distinct shingle: samples of an agent share most
+    of theirs (field names, template phrases), so most lookups are a dict hit instead of encoding and a SHA-1."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> int:
+        value = self[key] = _sha1_hash32(key.encode("utf-8"))
+        return value
+
+
+@functools.lru_cache(maxsize=8)
+def _default_minhash(num_perm: int) -> MinHash:
+    """``MinHash(num_perm, seed=1)``, empty: drawing its permutations costs ~0.2 ms, as much as hashing a sample."""
+    return MinHash(num_perm=num_perm, seed=1)
+
+
+def _new_minhash(num_perm: int, hashfunc: Any) -> MinHash:
+    """An empty MinHash with the default's permutations and scheme and ``hashfunc`` in place of the default SHA-1
+    hash (the same values); the default itself if datasketch hashes differently."""
+    base = _default_minhash(num_perm)
+    if base.hashfunc is not sha1_hash32:
+        return base
+    scheme = getattr(base, "scheme", None)  # datasketch >= 2 needs it with explicit permutations
+    extra = {} if scheme is None else {"scheme": scheme}
+    return MinHash(num_perm=num_perm, seed=1, hashfunc=hashfunc, permutations=base.permutations, **extra)
+
+
+@functools.lru_cache(maxsize=8)
+def _minhash_template(num_perm: int) -> MinHash:
+    return _new_minhash(num_perm, _sha1_hash32)
+
+
+@functools.lru_cache(maxsize=32)
+def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """Bands and rows for ``threshold``: datasketch integrates for them (~20-60 ms per index), so once per setting."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
 
 
 class DuplicateIndex:
@@ -112,8 +168,13 @@ class DuplicateIndex:
     def __init__(self, cfg: DedupConfig | None = None) -> None:
         self.cfg = cfg or DedupConfig()
         self._exact: dict[str, str] = {}
-        self._lsh = MinHashLSH(threshold=self.cfg.threshold, num_perm=self.cfg.num_perm)
+        self._lsh = MinHashLSH(
+            threshold=self.cfg.threshold,
+            num_perm=self.cfg.num_perm,
+            params=_lsh_params(self.cfg.threshold, self.cfg.num_perm),
+        )
         self._hashes: dict[str, MinHash] = {}
+        self._template = _new_minhash(self.cfg.num_perm, _Sha1Memo().__getitem__)
 
     def check_and_add(self, key: str, text: str) -> tuple[str, str] | None:
         """None if new (and remembered), else ``(reason, problem)`` naming the earlier sample."""
@@ -123,7 +184,8 @@ class DuplicateIndex:
         self._exact[digest] = key
         if not self.cfg.near:
             return None
-        m = minhash(text, self.cfg)
+        m = self._template.copy()
+        m.update_batch(_shingle_strs(text, self.cfg.ngram))
         for other in self._lsh.query(m):
             sim = m.jaccard(self._hashes[other])
             if sim >= self.cfg.threshold:
