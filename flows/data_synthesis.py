@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, field_validator
 
 from medtune_core.errors import MedtuneError
+from medtune_core.llm.ledger import forget_ledger
 from medtune_core.synthesis import (
     DEMO_NUM_SAMPLES,
     DedupConfig,
@@ -65,6 +68,19 @@ class DataSynthesisParams(BaseModel):
     base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; default OPENAI_BASE_URL.")
     api_key_block: str | None = Field(default=None, description="Prefect Secret block with the API key (else env).")
     concurrency: int = Field(default=16, ge=1, le=512, description="LLM requests in flight at most.")
+    parallel_batches: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="LLM batches running at once: they share the concurrency limit and the budget, so a batch's "
+        "tail never leaves the endpoint idle.",
+    )
+    prices: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Price overrides per model, per million tokens, e.g. {\"my-model\": {\"input\": 0.5, "
+        "\"output\": 1.5, \"currency\": \"CNY\"}}: a model missing from the built-in table is not capped by "
+        "the budget until it is priced here.",
+    )
     budget: float | None = Field(
         default=5.0, ge=0, description="Money this run may spend in LLM mode (model's currency); None: no cap."
     )
@@ -125,6 +141,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
         concurrency=params.concurrency,
         temperature=params.temperature,
         api_key_block=params.api_key_block,
+        prices=params.prices or None,
     )
     plan = [
         (name, source, start, count)
@@ -134,29 +151,52 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     ]
     progress = Progress(f"data-synthesis: {len(plan)} batches", len(plan))
     batches: dict[tuple[str, str], list[Any]] = {}
-    spent, stopped = 0.0, None
-    for name, source, start, count in plan:
-        if source == "seed":
-            m = call_fresh(seed_batch_task, name, seed, start, count, out_dir, TEMPLATE_VERSION)
-        elif stopped is not None:
-            continue
-        else:
-            left = None if params.budget is None else max(0.0, params.budget - spent)
-            state = llm_batch_task(name, seed, start, count, out_dir, endpoint, left, return_state=True)
-            if state.is_failed():
-                exc = _exception(state)
-                if not isinstance(exc, BudgetStop):
-                    raise exc
+    for name, _, start, count in (p for p in plan if p[1] == "seed"):
+        batches.setdefault((name, "seed"), []).append(
+            call_fresh(seed_batch_task, name, seed, start, count, out_dir, TEMPLATE_VERSION)
+        )
+        progress.advance()
+
+    # every batch of this run shares one ledger: side by side, they together spend at most the budget
+    scope = f"data-synthesis:{flow_run.get_id() or id(params)}"
+    stopped: str | None = None
+
+    def settle(args: tuple[str, int, int], state: Any) -> None:
+        """One LLM batch's final state: keep its manifest, or note that the budget stopped the run."""
+        nonlocal stopped
+        name, start, count = args
+        if state.is_failed():
+            exc = _exception(state)
+            if not isinstance(exc, BudgetStop):
+                raise exc
+            if stopped is None:
                 stopped = str(exc)
                 logger.warning("budget reached (%s): writing what is done; rerun with a higher budget", stopped)
-                continue
-            m = state.result()
-            if not m.is_current():  # the batch file went away since it was cached
-                m = llm_batch_task.with_options(refresh_cache=True)(name, seed, start, count, out_dir, endpoint, left)
-            if not _from_cache(state):
-                spent += float(m.extra.get("cost", 0.0))
-        batches.setdefault((name, source), []).append(m)
+            return
+        m = state.result()
+        if not m.is_current():  # the batch file went away since it was cached
+            m = llm_batch_task.with_options(refresh_cache=True)(
+                name, seed, start, count, out_dir, endpoint, params.budget, scope
+            )
+        batches.setdefault((name, "llm"), []).append(m)
         progress.advance()
+
+    in_flight: deque[tuple[tuple[str, int, int], Any]] = deque()
+    for args in [(name, start, count) for name, source, start, count in plan if source == "llm"]:
+        if stopped is not None:
+            break
+        name, start, count = args
+        future = llm_batch_task.submit(name, seed, start, count, out_dir, endpoint, params.budget, scope)
+        in_flight.append((args, future))
+        if len(in_flight) >= params.parallel_batches:
+            done, future = in_flight.popleft()
+            future.wait()
+            settle(done, future.state)
+    while in_flight:
+        done, future = in_flight.popleft()
+        future.wait()
+        settle(done, future.state)
+    forget_ledger(scope)
 
     outputs: dict[str, str] = {}
     reports: list[AgentReport] = []

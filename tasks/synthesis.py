@@ -90,13 +90,22 @@ def _budget_not_retried(task: Any, task_run: Any, state: Any) -> bool:
     name="synthesis-llm-batch",
     retry="network",
     retry_condition_fn=_budget_not_retried,
-    cache_policy=TASK_SOURCE + ContentInputs(exclude=["budget"]),
+    cache_policy=TASK_SOURCE + ContentInputs(exclude=["budget", "budget_scope"]),
 )
 def llm_batch_task(
-    agent: str, seed: int, start: int, count: int, output_dir: str, endpoint: LLMEndpoint, budget: float | None
+    agent: str,
+    seed: int,
+    start: int,
+    count: int,
+    output_dir: str,
+    endpoint: LLMEndpoint,
+    budget: float | None,
+    budget_scope: str | None = None,
 ) -> Manifest:
-    """LLM-mode samples of one batch; ``budget`` (left for this run) is not part of the cache key."""
+    """LLM-mode samples of one batch. ``budget`` caps what this batch may spend, or with ``budget_scope`` (e.g. the
+    flow run) what every batch of that scope in this process spends together; neither is part of the cache key."""
     from medtune_core.llm import LLMConfig
+    from medtune_core.llm.ledger import shared_ledger
     from medtune_core.settings import get_settings
     from medtune_core.synthesis.llm_mode import run_llm_batch_sync
 
@@ -114,7 +123,10 @@ def llm_batch_task(
         cache_path=Path(cache),
         prices=endpoint.prices,
     )
-    outcome = run_llm_batch_sync(config, agent, seed, start, count, params={"temperature": endpoint.temperature})
+    ledger = shared_ledger(budget_scope) if budget_scope else None
+    outcome = run_llm_batch_sync(
+        config, agent, seed, start, count, params={"temperature": endpoint.temperature}, ledger=ledger
+    )
     if outcome.budget_stopped:
         raise BudgetStop(f"{agent} batch {start}: budget reached, {len(outcome.missing)} samples not sent")
     if outcome.failed:

@@ -99,3 +99,55 @@ def test_nightly_deployment_definition() -> None:
     assert schedule.cron == "0 2 * * *" and schedule.timezone == "Asia/Shanghai"
     assert dep.parameters["params"]["seed"] is None
     assert seed_for_date(dt.date(2026, 11, 3)) == 20261103
+
+
+def test_llm_batches_overlap_within_one_request_limit(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.test_synthesis_llm import template_responder
+
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    with FakeOpenAIServer(responder=template_responder, latency_s=0.5) as server:
+        params = DataSynthesisParams(
+            agents=["drug"],
+            mode="llm",
+            num_samples=12,
+            model="fake-model",
+            base_url=server.base_url,
+            output_dir=tmp_path / "out",
+            batch_size=2,  # 6 batches of 2, 3 running at once, one limit of 3 requests for all of them
+            concurrency=3,
+            parallel_batches=3,
+        )
+        state = data_synthesis(params=params, return_state=True)
+        assert state.is_completed(), state.message
+        assert len(list(DatasetReader(state.result()["drug.llm"], policy="strict"))) == 12
+        assert server.total == 12
+        assert server.max_in_flight == 3  # batches overlapped (one batch alone has 2) and never exceeded the limit
+
+
+def test_parallel_batches_share_one_budget(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.test_synthesis_llm import template_responder
+
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    price = {"input": 1000.0, "output": 1000.0, "currency": "USD"}  # about 1-2 USD a request (~1,000+ tokens)
+    with FakeOpenAIServer(responder=template_responder, latency_s=0.2) as server:
+        params = DataSynthesisParams(
+            agents=["drug"],
+            mode="llm",
+            num_samples=12,
+            model="fake-model",
+            base_url=server.base_url,
+            output_dir=tmp_path / "out",
+            batch_size=2,
+            concurrency=4,
+            parallel_batches=3,
+            prices={"fake-model": price},
+            budget=20.0,
+        )
+        state = data_synthesis(params=params, return_state=True)
+        assert state.is_failed() and "budget" in state.message
+        summary = json.loads((tmp_path / "out" / "synthesis_manifest.json").read_text(encoding="utf-8"))
+        # the three batches in flight together spent what the one budget allowed, not three budgets' worth
+        assert summary["params"]["budget_stopped"] and 0 < summary["totals"]["cost"] <= 20.0
+        assert 2 <= server.total < 12

@@ -4,7 +4,8 @@ Why: data synthesis and teacher judges send thousands of requests to OpenAI, Dee
 Zhipu, a local vLLM or medtune's own server. They all speak the OpenAI protocol, so one client over
 ``openai.AsyncOpenAI`` serves them all. Its rules:
 
-- **Concurrency** is bounded by a semaphore (``concurrency``); the SDK's own retries are off (``max_retries=0``).
+- **Concurrency** is bounded per endpoint and model in the process (``concurrency``, shared by every client);
+  the SDK's own retries are off (``max_retries=0``).
 - **Retries** on 429, 408, 409, 5xx, timeouts and connection errors, with exponential backoff and full jitter,
   honouring ``retry-after-ms`` / ``Retry-After``; any other 4xx fails at once. Each attempt has a deadline
   (``timeout_s``).
@@ -46,6 +47,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -273,11 +275,32 @@ class _Sent:
     attempts: int
 
 
+_LIMITS: dict[tuple[str | None, str, int], Any] = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def endpoint_limit(base_url: str | None, model: str, concurrency: int) -> Any:
+    """The one request limit of an endpoint and model in this process.
+
+    Clients of the same endpoint (batch tasks running side by side on a flow's thread pool, each on its own event
+    loop) share it, so ``concurrency`` bounds the requests in flight to the endpoint, not per client: overlapping
+    batches keep the pipe full without going over a provider's rate limit. An ``aiologic`` semaphore, because
+    ``asyncio.Semaphore`` belongs to one event loop.
+    """
+    import aiologic
+
+    key = (base_url, model, concurrency)
+    with _LIMITS_LOCK:
+        if key not in _LIMITS:
+            _LIMITS[key] = aiologic.Semaphore(concurrency)
+        return _LIMITS[key]
+
+
 @dataclass
 class _LoopState:
     loop: asyncio.AbstractEventLoop
     client: openai.AsyncOpenAI
-    semaphore: asyncio.Semaphore
+    semaphore: Any  # endpoint_limit(): shared by every client of the endpoint in this process
     inflight: dict[str, asyncio.Future[_Sent | Failed | BudgetExceeded]]
 
 
@@ -501,7 +524,7 @@ class LLMClient:
                 default_headers=cfg.headers or None,
                 http_client=_http_client(cfg.http_backend, cfg.timeout_s),
             )
-            self._state = _LoopState(loop, client, asyncio.Semaphore(cfg.concurrency), {})
+            self._state = _LoopState(loop, client, endpoint_limit(cfg.base_url, cfg.model, cfg.concurrency), {})
         return self._state
 
     def __del__(self) -> None:

@@ -125,3 +125,20 @@ class CostLedger:
                 "unpriced_requests": self.unpriced_requests,
                 **dict(sorted(self.counters.items())),
             }
+
+
+_SHARED: dict[str, CostLedger] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_ledger(scope: str) -> CostLedger:
+    """The one ledger of ``scope`` in this process (e.g. a flow run): clients given it share one budget, so batches
+    running side by side together spend no more than the budget."""
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(scope, CostLedger(keep_entries=False))
+
+
+def forget_ledger(scope: str) -> None:
+    """Drop a scope's shared ledger once its run is over (a long-lived worker process runs many)."""
+    with _SHARED_LOCK:
+        _SHARED.pop(scope, None)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LLMClient, LLMConfig, Rejected
+from medtune_core.llm.ledger import CostLedger
 from medtune_core.synthesis.base import Agent, Sample, get_agent, resolve_agents
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
 from medtune_core.synthesis.requests import prompt_prefix, user_message
@@ -147,11 +148,14 @@ async def run_llm_batch(
     return outcome
 
 
-def run_llm_batch_sync(client_config: LLMConfig, *args: Any, **kwargs: Any) -> BatchOutcome:
-    """:func:`run_llm_batch` from synchronous code, with its own client (closed afterwards)."""
+def run_llm_batch_sync(
+    client_config: LLMConfig, *args: Any, ledger: CostLedger | None = None, **kwargs: Any
+) -> BatchOutcome:
+    """:func:`run_llm_batch` from synchronous code, with its own client (closed afterwards); a shared ``ledger``
+    makes the budget hold for the sum of several batches."""
 
     async def go() -> BatchOutcome:
-        async with LLMClient(client_config) as client:
+        async with LLMClient(client_config, ledger=ledger) as client:
             return await run_llm_batch(client, *args, **kwargs)
 
     return asyncio.run(go())
