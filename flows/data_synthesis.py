@@ -43,7 +43,8 @@ from tasks.artifacts import Progress, publish_markdown, publish_table
 from tasks.base import call_fresh
 from tasks.synthesis import BudgetStop, LLMEndpoint, finalize_task, llm_batch_task, seed_batch_task
 
-AgentChoice = Literal["all", "preprocess", "critic", "check_rag", "diagnosis", "drug"]
+#: Every registered agent (a sixth agent module appears here, in the UI's form and the CLI by itself) and "all".
+AgentChoice = Literal[("all", *agent_names())]  # type: ignore[valid-type]
 TIMEZONE = "Asia/Shanghai"
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -52,7 +53,7 @@ class DataSynthesisParams(BaseModel):
     """What to synthesize, how, and where to put it."""
 
     agents: list[AgentChoice] = Field(
-        default_factory=lambda: ["all"], description="Agents to generate for; 'all' for the five of seed 0."
+        default_factory=lambda: ["all"], description="Agents to generate for; 'all' for every registered agent."
     )
     num_samples: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Samples per agent (overrides 'sizes')."

@@ -11,6 +11,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEEPSEEK_BASE_URL = "https://api.deepseek.com/v1"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
 
 class MedtuneSettings(BaseSettings):
     """Where medtune keeps its files, and the credentials and endpoints of remote services."""
@@ -46,6 +49,33 @@ class MedtuneSettings(BaseSettings):
     zhipu_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("MEDTUNE_ZHIPU_API_KEY", "ZHIPUAI_API_KEY", "ZHIPU_API_KEY")
     )
+
+    def api_key_for(self, base_url: str | None) -> SecretStr | None:
+        """The key of the provider an OpenAI-compatible ``base_url`` belongs to (by its host): DeepSeek, DashScope,
+        Zhipu, else OpenAI's (which also serves any other endpoint: vLLM, proxies). No URL and no OpenAI key but a
+        DeepSeek key: DeepSeek's (its endpoint is the default then, see :meth:`default_base_url`)."""
+        host = (base_url or "").lower()
+        for marks, key in (
+            (("deepseek",), self.deepseek_api_key),
+            (("dashscope", "aliyuncs"), self.dashscope_api_key),
+            (("bigmodel", "zhipu"), self.zhipu_api_key),
+        ):
+            if any(m in host for m in marks):
+                return key
+        if not base_url and self.openai_api_key is None and self.deepseek_api_key is not None:
+            return self.deepseek_api_key
+        return self.openai_api_key
+
+    def default_base_url(self) -> str | None:
+        """``OPENAI_BASE_URL`` when set; else DeepSeek's endpoint when only a DeepSeek key is set (the seeds' default
+        provider), OpenAI's when an OpenAI key is set; else None (nowhere to send a request)."""
+        if self.openai_base_url:
+            return self.openai_base_url
+        if self.openai_api_key is None and self.deepseek_api_key is not None:
+            return DEEPSEEK_BASE_URL
+        if self.openai_api_key is not None:
+            return OPENAI_BASE_URL
+        return None
 
     @property
     def models_dir(self) -> Path:

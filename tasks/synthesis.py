@@ -27,9 +27,7 @@ from medtune_core.synthesis import DedupConfig, finalize_agent, load_batch, save
 from tasks.base import medtune_task
 from tasks.caching import ContentInputs
 from tasks.retries import retry_on_transient_network
-from tasks.secrets import resolve_secret
-
-KEY_ENV = ("OPENAI_API_KEY", "MEDTUNE_OPENAI_API_KEY")
+from tasks.secrets import resolve_endpoint_key
 
 
 class BudgetStop(MedtuneError):
@@ -109,14 +107,18 @@ def llm_batch_task(
     from medtune_core.settings import get_settings
     from medtune_core.synthesis.llm_mode import run_llm_batch_sync
 
-    key = resolve_secret(KEY_ENV, endpoint.api_key_block)
-    local = endpoint.base_url is not None and ("127.0.0.1" in endpoint.base_url or "localhost" in endpoint.base_url)
+    base_url = endpoint.base_url or get_settings().default_base_url()
+    key = resolve_endpoint_key(base_url, endpoint.api_key_block)
+    local = base_url is not None and ("127.0.0.1" in base_url or "localhost" in base_url)
     if key is None and not local:
-        raise MedtuneError("no API key for LLM mode: set OPENAI_API_KEY or name a Prefect Secret block")
+        raise MedtuneError(
+            f"no API key for LLM mode at {base_url or 'the default endpoint'}: set the provider's key "
+            "(OPENAI_API_KEY, DEEPSEEK_API_KEY, DASHSCOPE_API_KEY, ZHIPUAI_API_KEY) or name a Prefect Secret block"
+        )
     cache = endpoint.cache_path or str(get_settings().cache_dir / "llm_responses.sqlite")
     config = LLMConfig(
         model=endpoint.model,
-        base_url=endpoint.base_url,
+        base_url=base_url,
         api_key=key or "EMPTY",
         concurrency=endpoint.concurrency,
         budget=budget,

@@ -665,3 +665,13 @@ def test_a_response_that_is_not_json_is_a_failed_result():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_response_cache_is_separate_per_provider_host() -> None:
+    from medtune_core.llm.client import cache_namespace_of
+
+    ds = LLMConfig(model="m", base_url="https://api.deepseek.com/v1")
+    oa = LLMConfig(model="m", base_url="https://api.openai.com/v1")
+    assert cache_namespace_of(ds) == "api.deepseek.com" and cache_namespace_of(oa) == "api.openai.com"
+    assert cache_namespace_of(LLMConfig(model="m", base_url="http://127.0.0.1:1234/v1")) == "127.0.0.1"
+    assert cache_namespace_of(LLMConfig(model="m", base_url=oa.base_url, cache_namespace="team-a")) == "team-a"

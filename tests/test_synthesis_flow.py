@@ -151,3 +151,10 @@ def test_parallel_batches_share_one_budget(prefect_harness, tmp_path: Path, monk
         # the three batches in flight together spent what the one budget allowed, not three budgets' worth
         assert summary["params"]["budget_stopped"] and 0 < summary["totals"]["cost"] <= 20.0
         assert 2 <= server.total < 12
+
+
+def test_agent_choice_offers_every_registered_agent() -> None:
+    from medtune_core.synthesis import agent_names
+
+    schema = DataSynthesisParams.model_json_schema()["properties"]["agents"]
+    assert schema["items"]["enum"] == ["all", *agent_names()]

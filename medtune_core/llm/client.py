@@ -102,7 +102,10 @@ class LLMConfig(BaseModel):
         default=1024, ge=1, description="Output tokens assumed for the budget estimate when max_tokens is not set."
     )
     cache_path: Path | None = Field(default=None, description="SQLite response cache; None: no cache.")
-    cache_namespace: str = Field(default="", description="Separates caches of different providers serving one name.")
+    cache_namespace: str | None = Field(
+        default=None,
+        description="Separates caches of different providers serving one model name; None: the endpoint's host.",
+    )
     prices: dict[str, dict[str, Any]] | Path | None = Field(
         default=None, description="Price overrides: {model: {input, output, cached_input, currency}} or a file."
     )
@@ -122,16 +125,8 @@ class LLMConfig(BaseModel):
         from medtune_core.settings import get_settings
 
         s = get_settings()
-        url = base_url or s.openai_base_url
-        host = (url or "").lower()
-        if "deepseek" in host:
-            key = s.deepseek_api_key
-        elif "dashscope" in host or "aliyuncs" in host:
-            key = s.dashscope_api_key
-        elif "bigmodel" in host or "zhipu" in host:
-            key = s.zhipu_api_key
-        else:
-            key = s.openai_api_key
+        url = base_url or s.default_base_url()
+        key = s.api_key_for(url)
         kwargs.setdefault("api_key", key)
         return cls(model=model, base_url=url, **kwargs)
 
@@ -273,6 +268,16 @@ class _Sent:
     cost: Cost
     cached: bool
     attempts: int
+
+
+def cache_namespace_of(config: LLMConfig) -> str:
+    """The response-cache namespace: the configured one, else the endpoint's host name (``api.deepseek.com`` and
+    ``api.openai.com`` answers never mix; every local server, whatever its port, is one ``127.0.0.1``)."""
+    if config.cache_namespace is not None:
+        return config.cache_namespace
+    from urllib.parse import urlsplit
+
+    return (urlsplit(config.base_url).hostname or "") if config.base_url else ""
 
 
 _LIMITS: dict[tuple[str | None, str, int], Any] = {}
@@ -487,6 +492,7 @@ class LLMClient:
     ) -> None:
         self.config = config
         self.ledger = ledger if ledger is not None else CostLedger()
+        self._namespace = cache_namespace_of(config)
         self._own_cache = cache is None and config.cache_path is not None
         self.cache = cache if cache is not None else (ResponseCache(config.cache_path) if config.cache_path else None)
         self.prices = (prices or PriceTable.default()).with_overrides(config.prices)
@@ -731,7 +737,7 @@ class LLMClient:
             raise LLMError("batch_size must be >= 1")
         vectors: list[list[float] | None] = [None] * len(texts)
         keys = [
-            request_key("embedding", {"model": name, "input": t, "dimensions": dimensions}, self.config.cache_namespace)
+            request_key("embedding", {"model": name, "input": t, "dimensions": dimensions}, self._namespace)
             for t in texts
         ]
         missing: dict[str, list[int]] = {}
@@ -910,7 +916,7 @@ class LLMClient:
     ) -> _Sent | Failed | BudgetExceeded:
         """One logical request: cache → de-duplicate in flight → budget → HTTP with retries → ledger and cache."""
         model = payload["model"]
-        key = request_key(kind, payload, self.config.cache_namespace)
+        key = request_key(kind, payload, self._namespace)
         if use_cache and self.cache is not None:
             entry = self.cache.get(key)
             if entry is not None:

@@ -225,18 +225,9 @@ class TeacherJudge:
         opts = dict(options)
         key_env = opts.pop("api_key_env", None)
         s = get_settings()
-        base_url = opts.get("base_url") or s.openai_base_url
-        key: SecretStr | None = None
-        if key_env and os.environ.get(key_env):
-            key = SecretStr(os.environ[key_env])
-        elif base_url and "deepseek" in base_url:
-            key = s.deepseek_api_key
-        elif base_url and ("dashscope" in base_url or "aliyuncs" in base_url):
-            key = s.dashscope_api_key
-        else:
-            key = s.openai_api_key
-        if not base_url and s.deepseek_api_key is not None:
-            base_url, key = "https://api.deepseek.com/v1", s.deepseek_api_key
+        base_url = opts.get("base_url") or s.default_base_url()
+        env_key = os.environ.get(key_env) if key_env else None
+        key = SecretStr(env_key) if env_key else s.api_key_for(base_url)
         opts["base_url"] = base_url
         opts.setdefault("api_key", key)
         if not base_url:
