@@ -90,7 +90,10 @@ class DataSynthesisParams(BaseModel):
         default="instruction", description="instruction: alpaca with JSON input/output (seed default)."
     )
     output_dir: Path = Field(default=Path("out/data-synthesis"), description="Where the files and manifests go.")
-    seed: int | None = Field(default=0, description="Random seed; None: the run's scheduled date as YYYYMMDD.")
+    seed: int | None = Field(
+        default=0,
+        description="Random seed; None: the run's scheduled date as YYYYMMDD, and the files go to output_dir/YYYYMMDD.",
+    )
     batch_size: int = Field(default=250, ge=1, le=10_000, description="Samples per cached batch task.")
     dedup_threshold: float = Field(default=0.9, gt=0, le=1, description="Near-duplicate Jaccard threshold.")
     preview: int = Field(default=2, ge=0, le=20, description="Samples per agent shown in the preview artifact.")
@@ -133,7 +136,9 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     """Generate, check, deduplicate and write SFT data per agent; returns output paths by ``agent.source``."""
     logger = get_run_logger()
     seed = run_seed(params)
-    out_dir = str(params.output_dir)
+    # a dated run (seed from the schedule) writes into its own folder: tonight's data never overwrites last night's
+    root = params.output_dir if params.seed is not None else params.output_dir / str(seed)
+    out_dir = str(root)
     names = params.agent_list()
     dedup = DedupConfig(threshold=params.dedup_threshold)
     endpoint = LLMEndpoint(
@@ -211,7 +216,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
         outputs[f"{name}.{source}"] = result["manifest"].path
         reports.append(AgentReport(**result["report"]))
     summary = write_summary(
-        params.output_dir,
+        root,
         reports,
         {**params.model_dump(mode="json", exclude={"api_key_block"}), "seed": seed, "budget_stopped": stopped},
     )
@@ -268,7 +273,8 @@ def nightly_deployment(name: str = "nightly", **overrides: Any) -> Any:
     """
     from prefect.schedules import Cron
 
-    params = DataSynthesisParams(seed=None, output_dir=Path("out/data-synthesis/nightly"), **overrides)
+    values = {"seed": None, "sizes": "minimum", "output_dir": Path("out/data-synthesis/nightly"), **overrides}
+    params = DataSynthesisParams(**values)
     return data_synthesis.to_deployment(
         name=name,
         schedules=[Cron(NIGHTLY_CRON, timezone=TIMEZONE)],

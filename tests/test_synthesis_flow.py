@@ -97,8 +97,17 @@ def test_nightly_deployment_definition() -> None:
     assert dep.name == "nightly"
     schedule = dep.schedules[0].schedule
     assert schedule.cron == "0 2 * * *" and schedule.timezone == "Asia/Shanghai"
-    assert dep.parameters["params"]["seed"] is None
+    assert dep.parameters["params"]["seed"] is None and dep.parameters["params"]["sizes"] == "minimum"
     assert seed_for_date(dt.date(2026, 11, 3)) == 20261103
+
+
+def test_dated_run_writes_into_its_own_folder(prefect_harness, tmp_path: Path) -> None:
+    params = DataSynthesisParams(agents=["drug"], num_samples=3, seed=None, output_dir=tmp_path / "nightly")
+    out = data_synthesis(params)
+    seed = json.loads(Path(out["summary"]).read_text(encoding="utf-8"))["params"]["seed"]
+    assert 20260101 <= seed <= 21000101
+    assert Path(out["drug.seed"]).parent == tmp_path / "nightly" / str(seed)
+    assert Path(out["summary"]).parent == tmp_path / "nightly" / str(seed)
 
 
 def test_llm_batches_overlap_within_one_request_limit(prefect_harness, tmp_path: Path, monkeypatch) -> None:
