@@ -37,7 +37,7 @@ from medtune_core.synthesis import (
     recommended_size,
     write_summary,
 )
-from medtune_core.synthesis.base import TEMPLATE_VERSION
+from medtune_core.synthesis.base import template_fingerprint
 from medtune_core.synthesis.run import AgentReport
 from tasks.artifacts import Progress, publish_markdown, publish_table
 from tasks.base import call_fresh
@@ -159,7 +159,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     batches: dict[tuple[str, str], list[Any]] = {}
     for name, _, start, count in (p for p in plan if p[1] == "seed"):
         batches.setdefault((name, "seed"), []).append(
-            call_fresh(seed_batch_task, name, seed, start, count, out_dir, TEMPLATE_VERSION)
+            call_fresh(seed_batch_task, name, seed, start, count, out_dir, template_fingerprint(name))
         )
         progress.advance()
 

@@ -247,3 +247,16 @@ def test_cost_estimate_scales_with_samples() -> None:
     default = {e.agent: e.samples for e in estimate_cost("all")}
     assert default == {k: v[1] for k, v in RECOMMENDED_SIZES.items()}
     assert estimate_cost(["drug"], 10)[0].cost is None
+
+
+def test_template_fingerprint_follows_each_agents_source() -> None:
+    import inspect
+    import sys
+
+    from medtune_core.synthesis.base import TEMPLATE_VERSION, get_agent, template_fingerprint
+
+    prints = {name: template_fingerprint(name) for name in ("drug", "critic", "diagnosis")}
+    assert len(set(prints.values())) == 3 and all(p.startswith(f"{TEMPLATE_VERSION}-") for p in prints.values())
+    assert template_fingerprint("drug") == prints["drug"]
+    module = sys.modules[type(get_agent("drug")).__module__]
+    assert "drug" in inspect.getsourcefile(module)  # the agent's own module is what is hashed

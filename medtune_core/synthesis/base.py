@@ -162,6 +162,23 @@ def get_agent(name: str) -> Agent:
         raise MedtuneError(f"unknown agent {name!r}; known agents: {', '.join(agent_names())}") from None
 
 
+def template_fingerprint(name: str) -> str:
+    """What an agent's template output depends on: ``TEMPLATE_VERSION`` and the source of the agent's module, the
+    vocabularies and the seed sampler. Part of every seed-mode cache key, so an edited template or vocabulary
+    regenerates its batches without anyone remembering to bump a version."""
+    import hashlib
+    import inspect
+    import sys
+
+    from medtune_core.synthesis import seed, vocab
+
+    agent_module = sys.modules[type(get_agent(name)).__module__]
+    h = hashlib.sha256(TEMPLATE_VERSION.encode())
+    for module in (agent_module, vocab, seed, sys.modules[__name__]):
+        h.update(inspect.getsource(module).encode())
+    return f"{TEMPLATE_VERSION}-{h.hexdigest()[:16]}"
+
+
 def agent_names() -> list[str]:
     """Registered agent names in registration order (seed 0's order for the built-in five)."""
     _load_agents()
