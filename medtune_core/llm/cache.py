@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.llm.pricing import Usage
+from medtune_core.sqlite_cache import connect_cache
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,8 @@ class ResponseCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0, isolation_level=None)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
+        self._conn = connect_cache(self.path, _SCHEMA, synchronous_normal=True)
         self._pending: dict[str, tuple[Any, ...]] = {}
         self.hits = 0
         self.misses = 0

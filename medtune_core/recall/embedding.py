@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -23,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medtune_core.errors import MedtuneError
+from medtune_core.sqlite_cache import connect_cache
 
 log = logging.getLogger(__name__)
 
@@ -233,17 +233,16 @@ class SentenceTransformersBackend(EmbeddingBackend):
 # --------------------------------------------------------------------------- OpenAI-compatible API
 
 
+_VECTORS_SCHEMA = "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)"
+
+
 class EmbeddingCache:
     """Per-text vectors of one API model in SQLite (float32 blobs), so a re-run never pays twice for a text."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0, isolation_level=None)
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        self._conn = connect_cache(self.path, _VECTORS_SCHEMA)
         self.hits = self.misses = 0
 
     @staticmethod
