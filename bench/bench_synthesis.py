@@ -172,6 +172,9 @@ def run_core(url: str, requests: int, concurrency: int, seed: int, work: Path) -
     return elapsed, cpu, sum(r.accepted + r.rejected for r in report.reports)
 
 
+PARALLEL_BATCHES = [2]  # the flow's default; --parallel-batches changes it
+
+
 def run_flow(url: str, requests: int, concurrency: int, seed: int, work: Path) -> tuple[float, float, int]:
     """(a) the data-synthesis flow, mode=llm, through the Prefect engine; fresh MEDTUNE_HOME → fresh response cache."""
     from flows.data_synthesis import DataSynthesisParams, data_synthesis
@@ -188,6 +191,7 @@ def run_flow(url: str, requests: int, concurrency: int, seed: int, work: Path) -
         output_dir=work / "flow-out",
         seed=seed,
         batch_size=BATCH_SIZE,
+        parallel_batches=PARALLEL_BATCHES[0],
         preview=1,
     )
     t0, c0 = time.perf_counter(), time.process_time()
@@ -278,8 +282,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-flow", action="store_true", help="skip (a), the Prefect flow")
     parser.add_argument("--profile", action="store_true", help="also cProfile one core run")
+    parser.add_argument("--parallel-batches", type=int, default=2, help="the flow's parallel_batches (default 2)")
     parser.add_argument("--serve", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    PARALLEL_BATCHES[0] = args.parallel_batches
     if args.serve is not None:
         _serve(args.serve)
         return {}

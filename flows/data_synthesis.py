@@ -78,8 +78,8 @@ class DataSynthesisParams(BaseModel):
     )
     prices: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Price overrides per model, per million tokens, e.g. {\"my-model\": {\"input\": 0.5, "
-        "\"output\": 1.5, \"currency\": \"CNY\"}}: a model missing from the built-in table is not capped by "
+        description='Price overrides per model, per million tokens, e.g. {"my-model": {"input": 0.5, '
+        '"output": 1.5, "currency": "CNY"}}: a model missing from the built-in table is not capped by '
         "the budget until it is priced here.",
     )
     budget: float | None = Field(
