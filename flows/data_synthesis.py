@@ -25,8 +25,9 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from medtune_core.dataio import atomic_write_text
 from medtune_core.errors import MedtuneError
 from medtune_core.llm.ledger import forget_ledger
 from medtune_core.synthesis import (
@@ -41,7 +42,7 @@ from medtune_core.synthesis.base import template_fingerprint
 from medtune_core.synthesis.run import AgentReport
 from tasks.artifacts import Progress, publish_markdown, publish_table
 from tasks.base import call_fresh
-from tasks.synthesis import BudgetStop, LLMEndpoint, finalize_task, llm_batch_task, seed_batch_task
+from tasks.synthesis import BudgetStop, LLMEndpoint, finalize_task, llm_batch_task, llm_pilot_task, seed_batch_task
 
 #: Every registered agent (a sixth agent module appears here, in the UI's form and the CLI by itself) and "all".
 AgentChoice = Literal[("all", *agent_names())]  # type: ignore[valid-type]
@@ -82,6 +83,13 @@ class DataSynthesisParams(BaseModel):
         '"output": 1.5, "currency": "CNY"}}: a model missing from the built-in table is not capped by '
         "the budget until it is priced here.",
     )
+    pilot: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="LLM mode: send only this many requests per agent, report their cost and its projection to the "
+        "full size, write no data (the seed's --test_cost). The real run then gets those answers from the cache.",
+    )
     budget: float | None = Field(
         default=5.0, ge=0, description="Money this run may spend in LLM mode (model's currency); None: no cap."
     )
@@ -104,6 +112,12 @@ class DataSynthesisParams(BaseModel):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _pilot_needs_llm(self) -> DataSynthesisParams:
+        if self.pilot is not None and self.mode == "seed":
+            raise ValueError("pilot prices LLM requests: set mode to llm or both")
+        return self
 
     def agent_list(self) -> list[str]:
         return agent_names() if "all" in self.agents or not self.agents else list(dict.fromkeys(self.agents))
@@ -149,6 +163,8 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
         api_key_block=params.api_key_block,
         prices=params.prices or None,
     )
+    if params.pilot is not None:
+        return run_pilot(params, seed, endpoint)
     plan = [
         (name, source, start, count)
         for source in params.sources()
@@ -225,6 +241,24 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     if stopped is not None:
         raise MedtuneError(f"{stopped}; finished batches are kept, rerun with a higher budget to complete")
     return outputs
+
+
+def run_pilot(params: DataSynthesisParams, seed: int, endpoint: LLMEndpoint) -> dict[str, str]:
+    """Price ``pilot`` requests per agent and project each agent's full size; a table artifact and ``pilot.json``."""
+    assert params.pilot is not None
+    rows = [
+        llm_pilot_task(name, seed, min(params.pilot, params.size_of(name)), params.size_of(name), endpoint)
+        for name in params.agent_list()
+    ]
+    total = round(sum(r["projected_cost"] for r in rows), 6)
+    currencies = sorted({r["currency"] for r in rows})
+    publish_table("data-synthesis-pilot", rows, f"Pilot: cost of the first requests and projection ({total})")
+    path = params.output_dir / "pilot.json"
+    atomic_write_text(path, json.dumps({"seed": seed, "agents": rows, "projected_cost": total}, indent=2) + "\n")
+    unpriced = [r["agent"] for r in rows if not r["priced"]]
+    note = f"; no price for {params.model}: add it with the prices parameter" if unpriced else ""
+    get_run_logger().info("pilot: projected cost %.4f %s for the full run%s", total, "/".join(currencies), note)
+    return {"pilot": str(path), "projected_cost": f"{total} {'/'.join(currencies)}"}
 
 
 def _exception(state: Any) -> BaseException:

@@ -84,6 +84,31 @@ def _budget_not_retried(task: Any, task_run: Any, state: Any) -> bool:
     return retry_on_transient_network(task, task_run, state)
 
 
+def client_config(endpoint: LLMEndpoint, budget: float | None = None) -> Any:
+    """The LLM client settings of an endpoint, with its key resolved here, at run time (never a task input)."""
+    from medtune_core.llm import LLMConfig
+    from medtune_core.settings import get_settings
+
+    base_url = endpoint.base_url or get_settings().default_base_url()
+    key = resolve_endpoint_key(base_url, endpoint.api_key_block)
+    local = base_url is not None and ("127.0.0.1" in base_url or "localhost" in base_url)
+    if key is None and not local:
+        raise MedtuneError(
+            f"no API key for LLM mode at {base_url or 'the default endpoint'}: set the provider's key "
+            "(OPENAI_API_KEY, DEEPSEEK_API_KEY, DASHSCOPE_API_KEY, ZHIPUAI_API_KEY) or name a Prefect Secret block"
+        )
+    cache = endpoint.cache_path or str(get_settings().cache_dir / "llm_responses.sqlite")
+    return LLMConfig(
+        model=endpoint.model,
+        base_url=base_url,
+        api_key=key or "EMPTY",
+        concurrency=endpoint.concurrency,
+        budget=budget,
+        cache_path=Path(cache),
+        prices=endpoint.prices,
+    )
+
+
 @medtune_task(
     name="synthesis-llm-batch",
     retry="network",
@@ -102,29 +127,10 @@ def llm_batch_task(
 ) -> Manifest:
     """LLM-mode samples of one batch. ``budget`` caps what this batch may spend, or with ``budget_scope`` (e.g. the
     flow run) what every batch of that scope in this process spends together; neither is part of the cache key."""
-    from medtune_core.llm import LLMConfig
     from medtune_core.llm.ledger import shared_ledger
-    from medtune_core.settings import get_settings
     from medtune_core.synthesis.llm_mode import run_llm_batch_sync
 
-    base_url = endpoint.base_url or get_settings().default_base_url()
-    key = resolve_endpoint_key(base_url, endpoint.api_key_block)
-    local = base_url is not None and ("127.0.0.1" in base_url or "localhost" in base_url)
-    if key is None and not local:
-        raise MedtuneError(
-            f"no API key for LLM mode at {base_url or 'the default endpoint'}: set the provider's key "
-            "(OPENAI_API_KEY, DEEPSEEK_API_KEY, DASHSCOPE_API_KEY, ZHIPUAI_API_KEY) or name a Prefect Secret block"
-        )
-    cache = endpoint.cache_path or str(get_settings().cache_dir / "llm_responses.sqlite")
-    config = LLMConfig(
-        model=endpoint.model,
-        base_url=base_url,
-        api_key=key or "EMPTY",
-        concurrency=endpoint.concurrency,
-        budget=budget,
-        cache_path=Path(cache),
-        prices=endpoint.prices,
-    )
+    config = client_config(endpoint, budget)
     ledger = shared_ledger(budget_scope) if budget_scope else None
     outcome = run_llm_batch_sync(
         config, agent, seed, start, count, params={"temperature": endpoint.temperature}, ledger=ledger
@@ -173,3 +179,26 @@ def finalize_task(
         output_dir, agent, results, source=source, output_format=output_format, dedup=dedup, extra={**extra, **totals}
     )
     return {"manifest": manifest, "report": report.as_dict()}
+
+
+@medtune_task(name="synthesis-llm-pilot", retry="network")
+def llm_pilot_task(agent: str, seed: int, k: int, total_n: int, endpoint: LLMEndpoint) -> dict[str, Any]:
+    """The seed's ``--test_cost`` for one agent: ``k`` requests sent, priced and projected to ``total_n``."""
+    from medtune_core.synthesis.llm_mode import pilot_agent
+
+    report = pilot_agent(client_config(endpoint), agent, seed, k, total_n, {"temperature": endpoint.temperature})
+    get_run_logger().info("%s %s", agent, report.summary())
+    return {
+        "agent": agent,
+        "k": report.k,
+        "ok": report.ok,
+        "rejected": report.rejected,
+        "failed": report.failed,
+        "input_tokens": report.usage.prompt_tokens,
+        "output_tokens": report.usage.completion_tokens,
+        "cost": round(report.cost, 6),
+        "currency": report.currency,
+        "priced": report.priced,
+        "total_n": report.total_n,
+        "projected_cost": round(report.projected_cost, 6),
+    }

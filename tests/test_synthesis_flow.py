@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from flows.data_synthesis import DataSynthesisParams, data_synthesis, nightly_deployment, seed_for_date
 from flows.registry import load_flow
 from medtune_core.dataio import DatasetReader, Manifest
@@ -167,3 +169,37 @@ def test_agent_choice_offers_every_registered_agent() -> None:
 
     schema = DataSynthesisParams.model_json_schema()["properties"]["agents"]
     assert schema["items"]["enum"] == ["all", *agent_names()]
+
+
+def test_pilot_prices_a_few_requests_and_the_run_reuses_them(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.test_synthesis_llm import template_responder
+
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    price = {"input": 1.0, "output": 2.0, "currency": "USD"}
+    with FakeOpenAIServer(responder=template_responder) as server:
+        base = {
+            "agents": ["drug", "critic"],
+            "mode": "llm",
+            "num_samples": 10,
+            "model": "fake-model",
+            "base_url": server.base_url,
+            "output_dir": tmp_path / "out",
+            "prices": {"fake-model": price},
+            "batch_size": 5,
+        }
+        out = data_synthesis(DataSynthesisParams(**base, pilot=3))
+        assert server.total == 6 and set(out) == {"pilot", "projected_cost"}
+        report = json.loads(Path(out["pilot"]).read_text(encoding="utf-8"))
+        for row in report["agents"]:
+            assert row["k"] == 3 and row["total_n"] == 10 and row["priced"]
+            expected = (row["input_tokens"] * 1.0 + row["output_tokens"] * 2.0) / 1e6
+            assert row["cost"] == pytest.approx(expected, rel=1e-4)
+            assert row["projected_cost"] == pytest.approx(row["cost"] / 3 * 10, rel=1e-4)
+        assert not list((tmp_path / "out").glob("*_sft_data.jsonl"))  # a pilot writes no data
+
+        full = data_synthesis(DataSynthesisParams(**base))
+        assert server.total == 20  # the 6 pilot answers came from the response cache
+        assert len(list(DatasetReader(full["drug.llm"], policy="strict"))) == 10
+    with pytest.raises(ValueError, match="pilot prices LLM requests"):
+        DataSynthesisParams(mode="seed", pilot=2)

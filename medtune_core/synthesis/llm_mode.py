@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LLMClient, LLMConfig, Rejected
+from medtune_core.llm.client import PilotReport
 from medtune_core.llm.ledger import CostLedger
 from medtune_core.synthesis.base import Agent, Sample, get_agent, resolve_agents
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
@@ -157,6 +158,23 @@ def run_llm_batch_sync(
     async def go() -> BatchOutcome:
         async with LLMClient(client_config, ledger=ledger) as client:
             return await run_llm_batch(client, *args, **kwargs)
+
+    return asyncio.run(go())
+
+
+def pilot_agent(
+    client_config: LLMConfig, agent: str, seed: int, k: int, total_n: int, params: Mapping[str, Any] | None = None
+) -> PilotReport:
+    """The seed's ``--test_cost`` for one agent: send its first ``k`` requests, price them, project to ``total_n``.
+
+    They are the requests the real run starts with, so their answers wait in the response cache: the run that
+    follows a pilot does not pay for them again.
+    """
+    requests = [req for _, _, req in build_chat_requests(agent, seed, 0, k, params=params)]
+
+    async def go() -> PilotReport:
+        async with LLMClient(client_config) as client:
+            return await client.pilot(requests, total_n)
 
     return asyncio.run(go())
 
