@@ -20,7 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO.parent / "shared" / "data" / "peer" / "medicalgpt" / "medical_sft_1K_format.jsonl"
-DOC = REPO / "docs" / "BENCHMARKS_training.md"
+DOC = REPO / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- bench_sft_packing: begin -->", "<!-- bench_sft_packing: end -->"
 
 
 def _data(folder: Path, samples: int, seed: int) -> tuple[Path, str]:
@@ -97,9 +98,7 @@ def write_doc(res: dict) -> None:
             f"| {r['padding_ratio']:.1%} |"
         )
 
-    text = f"""# Training benchmarks
-
-## SFT packing (`python -m bench.bench_sft_packing`)
+    text = f"""## SFT packing (`python -m bench.bench_sft_packing`, issue 5)
 
 SFT with LoRA (r 16, all linear layers) on the embedded SmolLM2-135M-Instruct, CPU, float32, assistant-only loss.
 Data: {res["data"]}, {res["samples"]} samples (mean {a["mean_length"]} tokens), batch {res["batch"]},
@@ -116,8 +115,13 @@ Effective tokens are non-padding tokens.
 Measured on a shared 2-core CPU machine (other jobs running at the same time, so absolute figures are noisy;
 both modes ran back to back in one process).
 """
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote {DOC}")
+    doc = DOC.read_text(encoding="utf-8")
+    if BEGIN in doc and END in doc:  # replace this benchmark's section, keep the rest of the file
+        doc = doc[: doc.index(BEGIN) + len(BEGIN)] + "\n" + text + doc[doc.index(END) :]
+    else:
+        doc = doc.rstrip("\n") + f"\n\n{BEGIN}\n{text}{END}\n"
+    DOC.write_text(doc, encoding="utf-8")
+    print(f"wrote the SFT packing section of {DOC}")
 
 
 def main() -> None:
