@@ -112,23 +112,28 @@ def test_dated_run_writes_into_its_own_folder(prefect_harness, tmp_path: Path) -
     assert Path(out["summary"]).parent == tmp_path / "nightly" / str(seed)
 
 
+def llm_params(server, tmp_path: Path, **overrides) -> DataSynthesisParams:
+    """LLM mode for the drug agent against the fake server: 12 samples in batches of 2 unless overridden."""
+    values = {
+        "agents": ["drug"],
+        "mode": "llm",
+        "num_samples": 12,
+        "model": "fake-model",
+        "base_url": server.base_url,
+        "output_dir": tmp_path / "out",
+        "batch_size": 2,
+    }
+    return DataSynthesisParams(**{**values, **overrides})
+
+
 def test_llm_batches_overlap_within_one_request_limit(prefect_harness, tmp_path: Path, monkeypatch) -> None:
     from tests.fakes.openai_server import FakeOpenAIServer
     from tests.test_synthesis_llm import template_responder
 
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
     with FakeOpenAIServer(responder=template_responder, latency_s=0.5) as server:
-        params = DataSynthesisParams(
-            agents=["drug"],
-            mode="llm",
-            num_samples=12,
-            model="fake-model",
-            base_url=server.base_url,
-            output_dir=tmp_path / "out",
-            batch_size=2,  # 6 batches of 2, 3 running at once, one limit of 3 requests for all of them
-            concurrency=3,
-            parallel_batches=3,
-        )
+        # 6 batches of 2, 3 running at once, one limit of 3 requests for all of them
+        params = llm_params(server, tmp_path, concurrency=3, parallel_batches=3)
         state = data_synthesis(params=params, return_state=True)
         assert state.is_completed(), state.message
         assert len(list(DatasetReader(state.result()["drug.llm"], policy="strict"))) == 12
@@ -143,18 +148,8 @@ def test_parallel_batches_share_one_budget(prefect_harness, tmp_path: Path, monk
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
     price = {"input": 1000.0, "output": 1000.0, "currency": "USD"}  # about 1-2 USD a request (~1,000+ tokens)
     with FakeOpenAIServer(responder=template_responder, latency_s=0.2) as server:
-        params = DataSynthesisParams(
-            agents=["drug"],
-            mode="llm",
-            num_samples=12,
-            model="fake-model",
-            base_url=server.base_url,
-            output_dir=tmp_path / "out",
-            batch_size=2,
-            concurrency=4,
-            parallel_batches=3,
-            prices={"fake-model": price},
-            budget=20.0,
+        params = llm_params(
+            server, tmp_path, concurrency=4, parallel_batches=3, prices={"fake-model": price}, budget=20.0
         )
         state = data_synthesis(params=params, return_state=True)
         assert state.is_failed() and "budget" in state.message
