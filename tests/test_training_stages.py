@@ -38,7 +38,7 @@ from medtune_core.training import (
 )
 from medtune_core.training.data import load_rows
 from medtune_core.training.rl_data import prepare_rl_data, split
-from medtune_core.training.stages import check_padding_free
+from medtune_core.training.stages import PackedRowsCollator, check_padding_free
 from medtune_core.training.templates import has_generation_markers, training_template_for
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -162,16 +162,29 @@ def _expected_sft(tok: Any, messages: list[dict[str, str]]) -> tuple[list[int], 
 
 
 def test_sft_labels_only_on_assistant_tokens_token_by_token(data: dict[str, Path], tmp_path: Path) -> None:
-    cfg = stage_config("sft", **TINY, train_files=[data["chat"]], max_steps=1, output_dir=tmp_path / "sft")
+    settings = {**TINY, "max_length": 256}  # rows long enough for several samples
+    cfg = stage_config("sft", **settings, train_files=[data["chat"]], max_steps=1, output_dir=tmp_path / "sft")
     trainer, ctx = get_stage("sft").setup(cfg)
     tok = ctx.tokenizer
     rows = load_rows([data["chat"]], "chat")
     expected = {tuple(ids): flags for ids, flags in (_expected_sft(tok, r["messages"]) for r in rows)}
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch  # padding-free: no padding at all
-    ids, labels, pos = batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), batch["position_ids"][0].tolist()
-    starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
-    assert len(starts) > 2, "several samples are packed into one row"
+    assert isinstance(trainer.data_collator, PackedRowsCollator)  # dense attention on CPU: packed rows stay rows
+    checked = multi = 0
+    for row in range(batch["input_ids"].shape[0]):
+        ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
+        pos = batch["position_ids"][row].tolist()
+        while len(ids) > 1 and ids[-1] == tok.pad_token_id and pos[-1] == 0 and labels[-1] == -100:
+            ids, labels, pos = ids[:-1], labels[:-1], pos[:-1]  # the row's padding (label -100, position 0)
+        starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+        multi += len(starts) > 2
+        checked += _check_segments(ids, labels, starts, expected, tok)
+    assert checked >= 2 and multi >= 1, "several samples are packed into one row"
+    assert ctx.stats["truncation"]["samples"] == 16
+
+
+def _check_segments(ids: list[int], labels: list[int], starts: list[int], expected: dict, tok: Any) -> int:
     checked = 0
     for a, b in itertools.pairwise(starts):
         seq, lab = tuple(ids[a:b]), labels[a:b]
@@ -182,8 +195,7 @@ def test_sft_labels_only_on_assistant_tokens_token_by_token(data: dict[str, Path
             if is_assistant:
                 assert label == token
         checked += 1
-    assert checked >= 2
-    assert ctx.stats["truncation"]["samples"] == 16
+    return checked
 
 
 def test_padding_free_loss_equals_padded_loss(data: dict[str, Path], tiny: Path) -> None:
@@ -206,6 +218,25 @@ def test_padding_free_loss_equals_padded_loss(data: dict[str, Path], tiny: Path)
             input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"], use_cache=False
         ).loss
     assert torch.allclose(loss_padded, loss_packed, atol=1e-5)
+
+    # dense attention: packed rows stay rows (two samples per row here); the loss is the same again
+    from medtune_core.training.stages import PackedRowsCollator
+
+    pairs = [
+        {
+            "input_ids": a["input_ids"] + b["input_ids"],
+            "labels": a["labels"] + b["labels"],
+            "seq_lengths": [len(a["input_ids"]), len(b["input_ids"])],
+        }
+        for a, b in (examples[:2], examples[2:])
+    ]
+    inner = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
+    rows = PackedRowsCollator(inner, tok.pad_token_id)(pairs)
+    assert rows["input_ids"].shape[0] == 2 and set(rows) == {"input_ids", "labels", "position_ids"}
+    assert rows["position_ids"][0, len(examples[0]["input_ids"])] == 0  # the second sample starts again at 0
+    with torch.no_grad():
+        loss_rows = model(**rows, use_cache=False).loss
+    assert torch.allclose(loss_padded, loss_rows, atol=1e-5)
 
 
 def test_pt_packing_has_eos_separators_and_no_padding_in_loss(tiny: Path) -> None:

@@ -265,13 +265,46 @@ def trl_trainer(
     )
 
 
+@dataclass
+class PackedRowsCollator:
+    """Packed SFT rows batched as rows, for dense attention (sdpa / eager: every CPU run).
+
+    TRL's padding-free collator flattens the whole batch into ONE sequence of batch x max_length tokens. That is
+    right for flash-attention's variable-length kernel, which computes each sample's own block only; dense attention
+    computes every score of that sequence, so a batch of 4 rows of 1,024 pays 4,096^2 scores per head instead of
+    4 x 1,024^2. Here each packed row goes through TRL's collator alone (its labels, assistant masks and per-sample
+    position ids stay TRL's) and the rows are stacked: padding gets label -100 and position id 0, no attention mask,
+    so transformers still detects the samples inside each row from the position ids and keeps them apart.
+    """
+
+    inner: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        rows = [self.inner([e]) for e in examples]
+        longest = max(r["input_ids"].shape[1] for r in rows)
+        out = {}
+        for key, fill in (("input_ids", self.pad_token_id), ("labels", -100), ("position_ids", 0)):
+            stacked = torch.full((len(rows), longest), fill, dtype=rows[0][key].dtype)
+            for i, r in enumerate(rows):
+                stacked[i, : r[key].shape[1]] = r[key][0]
+            out[key] = stacked
+        return out
+
+
 def build_sft(ctx: StageContext) -> Any:
     from trl import SFTConfig, SFTTrainer
 
     assert isinstance(ctx.config, SFTStageConfig)
     if ctx.config.packing:
         check_padding_free(ctx.model)
-    return trl_trainer(ctx, SFTConfig, SFTTrainer)
+    trainer = trl_trainer(ctx, SFTConfig, SFTTrainer)
+    attention = str(getattr(trainer.model.config, "_attn_implementation", "") or "")
+    if ctx.config.packing and "flash" not in attention:
+        trainer.data_collator = PackedRowsCollator(trainer.data_collator, ctx.tokenizer.pad_token_id)
+    return trainer
 
 
 # ----------------------------------------------------------------------------------------- preference
