@@ -230,6 +230,19 @@ class PrefectStack:
             "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}
         )
 
+    def task_runs_settled(
+        self, run_id: str, run_count: int, expected: int, timeout: float = 60
+    ) -> list[dict[str, Any]]:
+        """The task runs of one attempt of a flow run once ``expected`` of them are in a final state: the server learns
+        of task runs from events, a moment after the flow run itself has finished."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = [t for t in self.task_runs(run_id) if t["flow_run_run_count"] == run_count]
+            final = [t for t in runs if t["state_type"] in TERMINAL]
+            if (len(final) >= expected and len(final) == len(runs)) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
     def explain(self, run: dict[str, Any]) -> str:
         """A failure report: the run's state, its logs and the tail of every process log."""
         state = run.get("state") or {}

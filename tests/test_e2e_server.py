@@ -127,7 +127,7 @@ def test_retry_from_the_ui_resumes_with_earlier_tasks_cached(prefect_stack: Pref
     assert second["run_count"] == 2
 
     # Task runs of the retry; the good file's come first (validate, convert), then the fixed file's.
-    retried = [t for t in stack.task_runs(run_id) if t["flow_run_run_count"] == 2]
+    retried = stack.task_runs_settled(run_id, run_count=2, expected=4)
     states = [(t["name"].rsplit("-", 1)[0], t["state_name"]) for t in retried]
     assert [name for name, _ in states] == ["validate-dataset", "convert-dataset"] * 2, states
     (_, validate_good), (_, convert_good), *fixed = states
