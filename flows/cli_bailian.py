@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_common import fail
+from flows.cli_common import fail, user_errors
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="Bailian (Alibaba Cloud Model Studio) fine-tuning, step by step.", no_args_is_help=True)
@@ -143,7 +143,7 @@ def files_cmd(
 ) -> None:
     """List uploaded files (JSON lines), or delete some."""
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         if delete:
             for file_id in delete:
                 client.delete_file(file_id)
@@ -151,8 +151,6 @@ def files_cmd(
             return
         for f in client.list_files():
             _echo_json(f)
-    except MedtuneError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("create")
@@ -194,21 +192,17 @@ def jobs_create(
     except ValidationError as exc:
         fail(str(exc), 2)
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         _echo_json(client.create_job(spec).as_dict())
-    except MedtuneError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("list")
 def jobs_list(region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None) -> None:
     """List fine-tune jobs, one JSON object a line."""
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         for job in client.list_jobs():
             _echo_json(job.as_dict())
-    except MedtuneError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("get")
@@ -217,10 +211,8 @@ def jobs_get(
 ) -> None:
     """One job as JSON."""
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         _echo_json(client.get_job(job_id).as_dict())
-    except MedtuneError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("logs")
@@ -229,7 +221,7 @@ def jobs_logs(
 ) -> None:
     """Print a job's log lines."""
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         offset = 0
         while True:
             lines, total = client.job_logs(job_id, offset=offset)
@@ -238,8 +230,6 @@ def jobs_logs(
             offset += len(lines)
             if not lines or offset >= total:
                 break
-    except MedtuneError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("wait")
@@ -253,10 +243,8 @@ def jobs_wait(
 ) -> None:
     """Follow a job to its end, printing its logs; Ctrl-C cancels the job."""
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         job = client.wait(job_id, interval=interval, timeout=timeout, on_log=typer.echo)
-    except MedtuneError as exc:
-        fail(str(exc))
     _echo_json(job.as_dict())
 
 
@@ -266,8 +254,6 @@ def jobs_cancel(
 ) -> None:
     """Cancel a running job."""
     client = _client(region, base_url, workspace)
-    try:
+    with user_errors():
         client.cancel_job(job_id)
-    except MedtuneError as exc:
-        fail(str(exc))
     typer.echo(f"cancelled {job_id}")
