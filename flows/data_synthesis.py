@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import deque
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -41,7 +42,7 @@ from medtune_core.synthesis import (
 from medtune_core.synthesis.base import template_fingerprint
 from medtune_core.synthesis.run import AgentReport
 from tasks.artifacts import Progress, publish_markdown, publish_table
-from tasks.base import call_fresh
+from tasks.base import FreshFuture, call_fresh, submit_fresh
 from tasks.synthesis import BudgetStop, LLMEndpoint, finalize_task, llm_batch_task, llm_pilot_task, seed_batch_task
 
 #: Every registered agent (a sixth agent module appears here, in the UI's form and the CLI by itself) and "all".
@@ -173,20 +174,40 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     ]
     progress = Progress(f"data-synthesis: {len(plan)} batches", len(plan))
     batches: dict[tuple[str, str], list[Any]] = {}
-    for name, _, start, count in (p for p in plan if p[1] == "seed"):
-        batches.setdefault((name, "seed"), []).append(
-            call_fresh(seed_batch_task, name, seed, start, count, out_dir, template_fingerprint(name))
+    finals: dict[tuple[str, str], FreshFuture] = {}
+    llm_left = Counter(name for name, source, _, _ in plan if source == "llm")
+
+    def finalize(name: str, source: str) -> None:
+        """Merge, deduplicate and write one agent's file as soon as its batches are in: it runs on the task runner
+        while the other agents' requests are in flight, instead of all agents one after another at the end."""
+        ms = batches.get((name, source), [])
+        planned = params.size_of(name)
+        done = sum(m.rows + int(m.extra.get("rejected", 0)) for m in ms)
+        extra = {"seed": seed, "complete": done == planned, "missing": planned - done}
+        if source == "llm":
+            extra["model"] = params.model
+        finals[(name, source)] = submit_fresh(
+            finalize_task, name, ms, out_dir, source, params.output_format, dedup, extra
         )
-        progress.advance()
+
+    for name in names if "seed" in params.sources() else []:
+        for start, count in batch_ranges(params.size_of(name), params.batch_size):
+            batches.setdefault((name, "seed"), []).append(
+                call_fresh(seed_batch_task, name, seed, start, count, out_dir, template_fingerprint(name))
+            )
+            progress.advance()
+        finalize(name, "seed")
 
     # every batch of this run shares one ledger: side by side, they together spend at most the budget
     scope = f"data-synthesis:{flow_run.get_id() or id(params)}"
     stopped: str | None = None
 
     def settle(args: tuple[str, int, int], state: Any) -> None:
-        """One LLM batch's final state: keep its manifest, or note that the budget stopped the run."""
+        """One LLM batch's final state: keep its manifest, or note that the budget stopped the run; the agent's
+        file is written once its last batch is in."""
         nonlocal stopped
         name, start, count = args
+        llm_left[name] -= 1
         if state.is_failed():
             exc = _exception(state)
             if not isinstance(exc, BudgetStop):
@@ -194,41 +215,40 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
             if stopped is None:
                 stopped = str(exc)
                 logger.warning("budget reached (%s): writing what is done; rerun with a higher budget", stopped)
-            return
-        m = state.result()
-        if not m.is_current():  # the batch file went away since it was cached
-            m = llm_batch_task.with_options(refresh_cache=True)(
-                name, seed, start, count, out_dir, endpoint, params.budget, scope
-            )
-        batches.setdefault((name, "llm"), []).append(m)
-        progress.advance()
+        else:
+            m = state.result()
+            if not m.is_current():  # the batch file went away since it was cached
+                m = llm_batch_task.with_options(refresh_cache=True)(
+                    name, seed, start, count, out_dir, endpoint, params.budget, scope
+                )
+            batches.setdefault((name, "llm"), []).append(m)
+            progress.advance()
+        if llm_left[name] == 0 and (name, "llm") in batches:
+            finalize(name, "llm")
 
-    in_flight: deque[tuple[tuple[str, int, int], Any]] = deque()
+    # at most parallel_batches at once; a new batch starts as soon as ANY running one ends (a short batch ending
+    # first must not leave the endpoint to one batch's draining tail while its successor starts up)
+    in_flight: dict[Any, tuple[str, int, int]] = {}
     for args in [(name, start, count) for name, source, start, count in plan if source == "llm"]:
         if stopped is not None:
             break
         name, start, count = args
-        future = llm_batch_task.submit(name, seed, start, count, out_dir, endpoint, params.budget, scope)
-        in_flight.append((args, future))
+        in_flight[llm_batch_task.submit(name, seed, start, count, out_dir, endpoint, params.budget, scope)] = args
         if len(in_flight) >= params.parallel_batches:
-            done, future = in_flight.popleft()
-            future.wait()
-            settle(done, future.state)
-    while in_flight:
-        done, future = in_flight.popleft()
-        future.wait()
-        settle(done, future.state)
+            done = next(as_completed(list(in_flight)))
+            done.wait()  # its final state, as the engine reported it
+            settle(in_flight.pop(done), done.state)
+    for done in as_completed(list(in_flight)):
+        done.wait()
+        settle(in_flight.pop(done), done.state)
     forget_ledger(scope)
 
     outputs: dict[str, str] = {}
     reports: list[AgentReport] = []
-    for (name, source), ms in batches.items():
-        planned = params.size_of(name)
-        done = sum(m.rows + int(m.extra.get("rejected", 0)) for m in ms)
-        extra = {"seed": seed, "complete": done == planned, "missing": planned - done}
-        if source == "llm":
-            extra["model"] = params.model
-        result = call_fresh(finalize_task, name, ms, out_dir, source, params.output_format, dedup, extra)
+    for name, source in batches:
+        if (name, source) not in finals:  # an agent a budget stop left unfinished: written now, with what it has
+            finalize(name, source)
+        result = finals[(name, source)].result()
         outputs[f"{name}.{source}"] = result["manifest"].path
         reports.append(AgentReport(**result["report"]))
     summary = write_summary(

@@ -64,6 +64,27 @@ def outputs_current(result: Any) -> bool:
     return True
 
 
+class FreshFuture:
+    """A submitted cached task whose result is checked as :func:`call_fresh` checks it: a cached result naming
+    output files that were deleted or changed since is recomputed (in the caller's thread) when it is read."""
+
+    def __init__(self, task_obj: Any, *args: Any, **kwargs: Any) -> None:
+        self.task_obj, self.args, self.kwargs = task_obj, args, kwargs
+        self.future = task_obj.submit(*args, **kwargs)
+
+    def result(self) -> Any:
+        result = self.future.result()
+        if not outputs_current(result):
+            result = self.task_obj.with_options(refresh_cache=True)(*self.args, **self.kwargs)
+        return result
+
+
+def submit_fresh(task_obj: Any, *args: Any, **kwargs: Any) -> FreshFuture:
+    """Submit a cached task to the flow's task runner (it runs while the flow goes on); ``.result()`` waits for it
+    and applies :func:`call_fresh`'s check."""
+    return FreshFuture(task_obj, *args, **kwargs)
+
+
 def map_fresh(task_obj: Any, calls: list[tuple[Any, ...]], parallel: int = 1) -> list[Any]:
     """:func:`call_fresh` over many argument tuples, at most ``parallel`` runs at once (in submission waves on the
     flow's task runner: threads by default, workers of a Dask or Ray runner); results in input order."""
@@ -71,13 +92,8 @@ def map_fresh(task_obj: Any, calls: list[tuple[Any, ...]], parallel: int = 1) ->
         return [call_fresh(task_obj, *args) for args in calls]
     results: list[Any] = []
     for start in range(0, len(calls), parallel):
-        wave = calls[start : start + parallel]
-        futures = [task_obj.submit(*args) for args in wave]
-        for args, future in zip(wave, futures, strict=True):
-            result = future.result()
-            if not outputs_current(result):
-                result = task_obj.with_options(refresh_cache=True)(*args)
-            results.append(result)
+        wave = [submit_fresh(task_obj, *args) for args in calls[start : start + parallel]]
+        results.extend(f.result() for f in wave)
     return results
 
 
