@@ -6,15 +6,17 @@ good model (the agent's template output for the asked input), so each sample is 
 
 - (a) flow: ``data-synthesis`` with ``mode=llm`` through the real Prefect engine (ephemeral API server, cached
   batch tasks, artifacts), a fresh ``MEDTUNE_HOME`` (so a fresh response cache) per run;
-- (b) core: :func:`medtune_core.synthesis.llm_mode.run_llm_mode` alone, same batches, same concurrency;
+- (b) core: :func:`medtune_core.synthesis.llm_mode.run_llm_mode` alone, same batches, same ``parallel_batches``
+  (batches overlapping, each agent's file written as its batches are in), same concurrency;
 - (c) sequential: the seed script's loop, the plain synchronous ``openai`` client, one request after another, on a
   subsample (``--seq-requests``) and extrapolated to ``--requests``;
 - server ceiling: the same server driven by a minimal raw-socket HTTP/1.1 client at the same concurrency (no SDK):
   the most any client could get from it on this machine.
 
-Prefect's overhead per sample = (flow wall time - core wall time) / samples. Each measurement is repeated
-(``--repeat``) and the best and the median are reported (the machine is shared). Target (issue 3):
-≥ 0.8 × concurrency / latency requests/s and ≥ 25× the sequential loop.
+Prefect's overhead = flow minus core: wall time and CPU per sample, and per run the time before the first request
+arrives and after the last answer (the server records when requests arrive and are answered, on the same monotonic
+clock). Each measurement is repeated (``--repeat``) and the best and the median are reported (the machine is
+shared). Target (issue 3): ≥ 0.8 × concurrency / latency requests/s and ≥ 25× the sequential loop.
 
     python -m bench.bench_synthesis [--requests 2000] [--latency 0.2] [--concurrency 32] [--also 64] [--repeat 3]
     python -m bench.bench_synthesis --profile      # cProfile of the core run, top functions by own time
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +45,15 @@ REPO = Path(__file__).resolve().parents[1]
 AGENTS = ("preprocess", "critic", "check_rag", "diagnosis", "drug")
 MODEL = "fake-model"
 BATCH_SIZE = 250  # the flow's default batch size; the core run uses the same batches
+PARALLEL_BATCHES = [2]  # the flow's default, for the flow and the core; --parallel-batches changes it
 
 
 # ------------------------------------------------------------------------------------------------ the server (child)
 def _serve(latency: float) -> None:
     """Child process: a FakeOpenAIServer answering like a good model; prints its base URL, serves until killed.
 
-    ``GET /v1/models`` is answered by the fake; the request count is read with a chat request for model
-    ``bench-stats`` (not counted)."""
+    ``GET /v1/models`` is answered by the fake; the request count, and when the requests after the first ``since``
+    arrived and were answered, are read with a chat request for model ``bench-stats`` (not counted)."""
     import signal
 
     from medtune_core.synthesis import get_agent
@@ -57,14 +61,20 @@ def _serve(latency: float) -> None:
     from tests.fakes.openai_server import FakeOpenAIServer, FakeRequest, Reply
 
     agents = [get_agent(n) for n in AGENTS]
-    counted = {"n": 0}
+    answered: list[float] = []  # when each counted request was answered (CLOCK_MONOTONIC, as the client's clock)
     lock = threading.Lock()
 
     def responder(req: FakeRequest) -> str | Reply:
         if req.body.get("model") == "bench-stats":
-            return json.dumps({"requests": counted["n"]})
+            since = int(json.loads(req.last_user or "{}").get("since", 0))
+            with lock:
+                times = answered[since:]
+                stats = {"requests": len(answered)}
+            if times:  # the first request arrived one latency before the first answer
+                stats.update(first_arrival=min(times) - latency, last_answer=max(times))
+            return json.dumps(stats)
         with lock:
-            counted["n"] += 1
+            answered.append(time.perf_counter())
         system = req.messages[0]["content"]
         agent = next(a for a in agents if system.startswith(a.system_prompt))
         asked = [m["content"] for m in req.messages if m["role"] == "user" and m["content"].startswith(USER_PREFIX)]
@@ -97,13 +107,41 @@ def server_process(latency: float) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def served(url: str) -> int:
-    """Requests the server has answered so far (its own count)."""
+def traffic(url: str, since: int = 0) -> dict[str, float]:
+    """The server's own record: ``requests`` answered so far; for those after the first ``since``, when the first
+    arrived (``first_arrival``) and the last was answered (``last_answer``), on this machine's monotonic clock
+    (``time.perf_counter`` in both processes)."""
     import openai
 
+    ask = [{"role": "user", "content": json.dumps({"since": since})}]
     with openai.OpenAI(base_url=url, api_key="EMPTY", max_retries=0) as client:
-        resp = client.chat.completions.create(model="bench-stats", messages=[{"role": "user", "content": "?"}])
-    return int(json.loads(resp.choices[0].message.content or "{}")["requests"])
+        resp = client.chat.completions.create(model="bench-stats", messages=ask)
+    return json.loads(resp.choices[0].message.content or "{}")
+
+
+def served(url: str) -> int:
+    """Requests the server has answered so far (its own count)."""
+    return int(traffic(url)["requests"])
+
+
+@dataclass
+class Timed:
+    """One timed run: wall time and this process's CPU time, samples done, and when it started and ended."""
+
+    wall: float
+    cpu: float
+    samples: int
+    started: float
+    ended: float
+
+    def phases(self, url: str, since: int) -> tuple[int, float, float, float]:
+        """Requests the server answered for this run, and the run's time before the first request arrived, from
+        first arrival to last answer (the requests' span), and after the last answer (writing, reporting,
+        tearing down)."""
+        t = traffic(url, since)
+        sent = int(t["requests"]) - since
+        first, last = t["first_arrival"], t["last_answer"]
+        return sent, first - self.started, last - first, self.ended - last
 
 
 # ------------------------------------------------------------------------------------------------ the workloads
@@ -152,8 +190,8 @@ def run_sequential(url: str, payloads: list[dict[str, Any]], out: Path) -> float
     return elapsed
 
 
-def run_core(url: str, requests: int, concurrency: int, seed: int, work: Path) -> tuple[float, float, int]:
-    """(b) run_llm_mode alone; returns wall time, this process's CPU time and samples written or rejected."""
+def run_core(url: str, requests: int, concurrency: int, seed: int, work: Path) -> Timed:
+    """(b) run_llm_mode alone, with the flow's batches and ``parallel_batches``."""
     from medtune_core.llm import LLMConfig
     from medtune_core.synthesis.llm_mode import run_llm_mode
 
@@ -165,17 +203,22 @@ def run_core(url: str, requests: int, concurrency: int, seed: int, work: Path) -
         cache_path=work / "core-cache.sqlite",
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    report = run_llm_mode(work / "core-out", config, "all", per_agent(requests), seed=seed, batch_size=BATCH_SIZE)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    report = run_llm_mode(
+        work / "core-out",
+        config,
+        "all",
+        per_agent(requests),
+        seed=seed,
+        batch_size=BATCH_SIZE,
+        parallel_batches=PARALLEL_BATCHES[0],
+    )
+    t1, cpu = time.perf_counter(), time.process_time() - c0
     if not report.complete:
         raise RuntimeError(f"core run incomplete: {report.missing}")
-    return elapsed, cpu, sum(r.accepted + r.rejected for r in report.reports)
+    return Timed(t1 - t0, cpu, sum(r.accepted + r.rejected for r in report.reports), t0, t1)
 
 
-PARALLEL_BATCHES = [2]  # the flow's default; --parallel-batches changes it
-
-
-def run_flow(url: str, requests: int, concurrency: int, seed: int, work: Path) -> tuple[float, float, int]:
+def run_flow(url: str, requests: int, concurrency: int, seed: int, work: Path) -> Timed:
     """(a) the data-synthesis flow, mode=llm, through the Prefect engine; fresh MEDTUNE_HOME → fresh response cache."""
     from flows.data_synthesis import DataSynthesisParams, data_synthesis
 
@@ -196,11 +239,11 @@ def run_flow(url: str, requests: int, concurrency: int, seed: int, work: Path) -
     )
     t0, c0 = time.perf_counter(), time.process_time()
     state = data_synthesis(params=params, return_state=True)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    t1, cpu = time.perf_counter(), time.process_time() - c0
     if not state.is_completed():
         raise RuntimeError(f"flow run failed: {state.message}")
     summary = json.loads(Path(state.result()["summary"]).read_text(encoding="utf-8"))
-    return elapsed, cpu, summary["totals"]["accepted"] + summary["totals"]["rejected"]
+    return Timed(t1 - t0, cpu, summary["totals"]["accepted"] + summary["totals"]["rejected"], t0, t1)
 
 
 async def _raw_client(host: str, port: int, path: str, bodies: list[bytes], concurrency: int) -> None:
@@ -251,7 +294,10 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def ideal_rate(requests: int, concurrency: int, latency: float) -> float:
-    """Requests/s of a client with zero cost: batches run one after another, each in ceil(size/concurrency) waves."""
+    """Requests/s of a client with zero cost. Batches one after another: each in ceil(size/concurrency) waves;
+    overlapping batches (``parallel_batches`` > 1) keep the limit full: ceil(requests/concurrency) waves."""
+    if PARALLEL_BATCHES[0] > 1:
+        return requests / (-(-requests // concurrency) * latency)
     waves = 0
     for size in [requests // len(AGENTS)] * len(AGENTS):
         full, rest = divmod(size, BATCH_SIZE)
@@ -265,9 +311,9 @@ def _profile(url: str, args: argparse.Namespace, root: Path) -> None:
 
     prof = cProfile.Profile()
     prof.enable()
-    elapsed, _, n = run_core(url, args.requests, args.concurrency, 7_000, root / "profile")
+    r = run_core(url, args.requests, args.concurrency, 7_000, root / "profile")
     prof.disable()
-    print(f"\nprofile: core run {n} samples in {elapsed:.2f}s under cProfile (slower than without)")
+    print(f"\nprofile: core run {r.samples} samples in {r.wall:.2f}s under cProfile (slower than without)")
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
 
@@ -304,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seq_n = min(args.seq_requests, args.requests)
     rates: dict[str, list[float]] = {}
     cpu_ms: dict[str, list[float]] = {}
-    overhead: dict[int, list[float]] = {c: [] for c in levels}
+    phases: dict[str, list[tuple[float, float, float]]] = {}
 
     def add(name: str, rate: float, cpu_per_request_ms: float | None = None) -> None:
         rates.setdefault(name, []).append(rate)
@@ -335,31 +381,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 add(f"ceiling@{c}", args.requests / t)
                 print(f"[{rep}] server ceiling @{c}: {args.requests / t:.1f} req/s (raw sockets)", flush=True)
                 work = root / f"rep{rep}-c{c}"
-                before = served(url)
-                t_core, cpu, n = run_core(url, args.requests, c, seed + 100 * c, work)
-                sent = served(url) - before
-                assert n == args.requests and sent == args.requests, (n, sent)
-                add(f"core@{c}", sent / t_core, cpu / sent * 1000)
-                print(
-                    f"[{rep}] (b) core @{c}: {sent} requests in {t_core:.2f}s = {sent / t_core:.1f} req/s; "
-                    f"client CPU {cpu / sent * 1000:.2f} ms/request ({cpu / t_core:.0%} of a core)",
-                    flush=True,
-                )
-                if args.no_flow:
-                    continue
-                before = served(url)
-                t_flow, cpu, n = run_flow(url, args.requests, c, seed + 100 * c + 50, work)
-                sent = served(url) - before
-                assert n == args.requests and sent == args.requests, (n, sent)
-                add(f"flow@{c}", sent / t_flow, cpu / sent * 1000)
-                overhead[c].append((t_flow - t_core) / n * 1000)
-                print(
-                    f"[{rep}] (a) flow @{c}: {sent} requests in {t_flow:.2f}s = {sent / t_flow:.1f} req/s; "
-                    f"in-process CPU {cpu / sent * 1000:.2f} ms/request; "
-                    f"Prefect overhead {(t_flow - t_core) / n * 1000:.2f} ms/sample "
-                    f"(flow/core time {t_flow / t_core:.2f})",
-                    flush=True,
-                )
+                runs = [("core", "(b) core", run_core)] + ([] if args.no_flow else [("flow", "(a) flow", run_flow)])
+                for key, label, run in runs:
+                    before = served(url)
+                    r = run(url, args.requests, c, seed + 100 * c + (50 if key == "flow" else 0), work)
+                    sent, startup, span, teardown = r.phases(url, before)
+                    assert r.samples == args.requests and sent == args.requests, (r.samples, sent)
+                    add(f"{key}@{c}", sent / r.wall, r.cpu / sent * 1000)
+                    phases.setdefault(f"{key}@{c}", []).append((startup, span, teardown))
+                    print(
+                        f"[{rep}] {label} @{c}: {sent} requests in {r.wall:.2f}s = {sent / r.wall:.1f} req/s; "
+                        f"CPU in this process {r.cpu / sent * 1000:.2f} ms/request ({r.cpu / r.wall:.0%} of a core); "
+                        f"before the first request {startup:.2f}s, requests {span:.2f}s ({sent / span:.1f} req/s), "
+                        f"after the last answer {teardown:.2f}s",
+                        flush=True,
+                    )
         if args.profile:
             _profile(url, args, root)
 
@@ -377,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         target = 0.8 * c / args.latency
         print(
             f"-- concurrency {c}: target >= {target:.0f} req/s and >= 25x sequential; zero-cost client with "
-            f"{BATCH_SIZE}-sample batches: {ideal_rate(args.requests, c, args.latency):.0f} req/s"
+            f"{BATCH_SIZE}-sample batches, {PARALLEL_BATCHES[0]} at once: "
+            f"{ideal_rate(args.requests, c, args.latency):.0f} req/s"
         )
         ceil_best, ceil_med = _stats(rates[f"ceiling@{c}"])
         print(f"   server ceiling (raw sockets): {ceil_best:.1f} / {ceil_med:.1f} req/s")
@@ -386,23 +423,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if key not in rates:
                 continue
             best, med = _stats(rates[key])
-            ok = best >= target and best / seq_med >= 25
+            verdict = {
+                which: "MET" if rate >= target and rate / seq_med >= 25 else "MISSED"
+                for which, rate in (("best", best), ("median", med))
+            }
             print(
                 f"   {label}: {best:.1f} / {med:.1f} req/s; x{best / seq_med:.1f} / x{med / seq_med:.1f} sequential; "
-                f"CPU {statistics.median(cpu_ms[key]):.2f} ms/request; target {'MET' if ok else 'MISSED'} (best)"
+                f"CPU {statistics.median(cpu_ms[key]):.2f} ms/request; target {verdict['best']} (best), "
+                f"{verdict['median']} (median)"
             )
             result[key] = (best, med)
-        if overhead[c]:
-            # per sample: flow time minus core time, best vs best and median vs median (pairwise differences of one
-            # repetition are noisier on a shared machine; they are printed per repetition above)
-            (fb, fm), (cb, cm) = _stats(rates[f"flow@{c}"]), _stats(rates[f"core@{c}"])
-            best_ms, med_ms = (1 / fb - 1 / cb) * 1000, (1 / fm - 1 / cm) * 1000
-            cpu_ms_diff = statistics.median(cpu_ms[f"flow@{c}"]) - statistics.median(cpu_ms[f"core@{c}"])
+        if f"flow@{c}" in rates:
+            # Prefect's share: flow minus core (same batches and schedule, same server), medians of the repetitions
+            (_, fm), (_, cm) = _stats(rates[f"flow@{c}"]), _stats(rates[f"core@{c}"])
+            per_sample = (1 / fm - 1 / cm) * 1000
+            cpu_diff = statistics.median(cpu_ms[f"flow@{c}"]) - statistics.median(cpu_ms[f"core@{c}"])
+            fp = [statistics.median(x) for x in zip(*phases[f"flow@{c}"], strict=True)]
+            cp = [statistics.median(x) for x in zip(*phases[f"core@{c}"], strict=True)]
             print(
-                f"   Prefect overhead: {best_ms:.2f} / {med_ms:.2f} ms per sample (flow - core wall time); "
-                f"CPU {cpu_ms_diff:+.2f} ms per sample in this process"
+                f"   Prefect overhead (flow - core, medians): {per_sample:+.2f} ms per sample of wall time; "
+                f"{cpu_diff:+.2f} ms of CPU per sample in this process; per run {fp[0] - cp[0]:+.2f}s before the "
+                f"first request, {fp[2] - cp[2]:+.2f}s after the last answer; requests {fp[1] - cp[1]:+.2f}s"
             )
-            result[f"overhead@{c}"] = (best_ms, med_ms)
+            result[f"overhead@{c}"] = {
+                "wall_ms_per_sample": per_sample,
+                "cpu_ms_per_sample": cpu_diff,
+                "startup_s": fp[0] - cp[0],
+                "teardown_s": fp[2] - cp[2],
+            }
     return result
 
 

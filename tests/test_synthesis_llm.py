@@ -91,6 +91,26 @@ def test_budget_stops_and_a_higher_cap_resumes_without_resending(tmp_path: Path)
         assert max(server.body_counts.values()) == 1  # no request was sent twice
 
 
+def test_overlapping_batches_write_the_same_files_within_the_request_limit(tmp_path: Path) -> None:
+    """parallel_batches only changes the schedule: files are byte-identical to one batch at a time, every sample is
+    asked once, and the batches in flight together never exceed the client's concurrency."""
+    outputs = {}
+    with FakeOpenAIServer(responder=template_responder, latency_s=0.01) as server:
+        for parallel in (1, 3):
+            server.reset()
+            out = tmp_path / f"p{parallel}"
+            cfg = config(server, tmp_path, concurrency=4, cache_path=tmp_path / f"cache{parallel}.sqlite")
+            run = run_llm_mode(out, cfg, ["drug", "critic"], 11, seed=4, batch_size=3, parallel_batches=parallel)
+            assert run.complete and [r.agent for r in run.reports] == ["drug", "critic"]
+            assert server.total == 22 and max(server.body_counts.values()) == 1
+            assert server.max_in_flight <= 4
+            outputs[parallel] = {f.name: f.read_bytes() for f in sorted(out.glob("*.jsonl"))}
+        assert server.max_in_flight == 4  # the limit was used, by batches side by side
+    data = ["critic_sft_data.jsonl", "drug_sft_data.jsonl"]
+    assert all(outputs[1][name].count(b"\n") == 11 for name in data)
+    assert outputs[1] == outputs[3]  # data and rejects files
+
+
 def test_quality_failures_are_reasked_then_rejected(tmp_path: Path) -> None:
     def bad_critic(req: FakeRequest) -> str:
         out = json.loads(template_responder(req))

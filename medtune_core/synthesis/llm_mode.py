@@ -206,44 +206,33 @@ def run_llm_mode(
     dedup: DedupConfig | None = None,
     batch_size: int = 100,
     params: Mapping[str, Any] | None = None,
+    parallel_batches: int = 2,
 ) -> LLMRunReport:
     """LLM mode end to end: ``{agent}_sft_data.jsonl`` per agent and ``synthesis_manifest.json``.
+
+    Up to ``parallel_batches`` batches are in flight at once, sharing the client's ``concurrency`` (a batch's
+    draining tail never leaves the endpoint idle), and an agent's file is written (in a worker thread) as soon as its
+    batches are in, while the other agents' requests go on: the same schedule as the ``data-synthesis`` flow.
 
     With ``config.budget`` the run stops sending when the cap would be exceeded and writes what it has (the
     manifest says ``complete: false`` and how many are missing). Run it again with a higher budget and the
     same ``config.cache_path``: answers already paid for come from the cache, only the rest is sent.
     """
+    if parallel_batches < 1:
+        raise ValueError(f"parallel_batches must be at least 1, got {parallel_batches}")
     names = resolve_agents(agents)
     sizes = sizes_for(names, num_samples)
     dedup = dedup or DedupConfig()
+    plan = [(name, start, count) for name in names for start, count in batch_ranges(sizes[name], batch_size)]
 
-    async def go() -> tuple[dict[str, list[BatchOutcome]], bool, float]:
-        outcomes: dict[str, list[BatchOutcome]] = {n: [] for n in names}
-        stopped = False
-        async with LLMClient(config) as client:
-            for name in names:
-                for start, count in batch_ranges(sizes[name], batch_size):
-                    if stopped:
-                        outcomes[name].append(_skipped(start, count))
-                        continue
-                    o = await run_llm_batch(client, name, seed, start, count, params=params)
-                    outcomes[name].append(o)
-                    stopped = stopped or o.budget_stopped > 0
-            spent = client.ledger.spent(client.budget_currency)
-        return outcomes, stopped, spent
-
-    outcomes, stopped, spent = asyncio.run(go())
-    reports, missing = [], {}
-    currency = ""
-    for name in names:
-        batches = outcomes[name]
-        missing[name] = sum(len(b.missing) for b in batches)
-        currency = next((b.currency for b in batches if b.currency), currency)
+    def finalize(name: str, batches: list[BatchOutcome]) -> AgentReport:
+        currency = next((b.currency for b in batches if b.currency), "")
+        missing = sum(len(b.missing) for b in batches)
         extra = {
             "seed": seed,
             "model": config.model,
-            "complete": missing[name] == 0,
-            "missing": missing[name],
+            "complete": missing == 0,
+            "missing": missing,
             "input_tokens": sum(b.input_tokens for b in batches),
             "output_tokens": sum(b.output_tokens for b in batches),
             "cost": round(sum(b.cost for b in batches), 8),
@@ -258,7 +247,55 @@ def run_llm_mode(
             dedup=dedup,
             extra=extra,
         )
-        reports.append(report)
+        return report
+
+    async def go() -> tuple[dict[str, list[BatchOutcome]], dict[str, AgentReport], bool, float]:
+        loop = asyncio.get_running_loop()
+        outcomes: dict[str, dict[int, BatchOutcome]] = {n: {} for n in names}
+        left = {n: sum(1 for p in plan if p[0] == n) for n in names}
+        written: dict[str, asyncio.Future[AgentReport]] = {}
+        stopped = False
+
+        def settle(name: str, start: int, outcome: BatchOutcome) -> None:
+            nonlocal stopped
+            outcomes[name][start] = outcome
+            stopped = stopped or outcome.budget_stopped > 0
+            left[name] -= 1
+            if left[name] == 0:
+                ordered = [outcomes[name][k] for k in sorted(outcomes[name])]
+                written[name] = loop.run_in_executor(None, finalize, name, ordered)
+
+        async def one(name: str, start: int, count: int) -> tuple[str, int, BatchOutcome]:
+            return name, start, await run_llm_batch(client, name, seed, start, count, params=params)
+
+        async def drain(pending: set[asyncio.Task[Any]], down_to: int) -> set[asyncio.Task[Any]]:
+            while len(pending) > down_to:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    settle(*task.result())
+            return pending
+
+        async with LLMClient(config) as client:
+            pending: set[asyncio.Task[Any]] = set()
+            for name, start, count in plan:
+                if stopped:
+                    settle(name, start, _skipped(start, count))
+                    continue
+                pending.add(asyncio.create_task(one(name, start, count)))
+                pending = await drain(pending, parallel_batches - 1)
+            await drain(pending, 0)
+            spent = client.ledger.spent(client.budget_currency)
+        for name in names:  # an agent with nothing planned still gets its (empty) file
+            if name not in written:
+                written[name] = loop.run_in_executor(None, finalize, name, [])
+        reports = {name: await fut for name, fut in written.items()}
+        ordered = {n: [outcomes[n][k] for k in sorted(outcomes[n])] for n in names}
+        return ordered, reports, stopped, spent
+
+    outcomes, by_agent, stopped, spent = asyncio.run(go())
+    reports = [by_agent[name] for name in names]
+    missing = {name: sum(len(b.missing) for b in outcomes[name]) for name in names}
+    currency = next((b.currency for name in names for b in outcomes[name] if b.currency), "")
     summary = write_summary(
         output_dir,
         reports,
