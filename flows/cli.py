@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from flows.cli_common import fail
+from flows.cli_common import fail, user_errors
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="medtune: fine-tuning factory for medical language models.", no_args_is_help=True)
@@ -46,12 +46,10 @@ def validate(
         rejects_path = None
         if rejects is not None and pol is Policy.SKIP:
             rejects_path = rejects if len(files) == 1 else rejects.with_name(f"{rejects.stem}.{i}{rejects.suffix}")
-        try:
+        with user_errors(FileNotFoundError):
             reader = DatasetReader(path, fmt, policy=pol, rejects_path=rejects_path)
             for _ in reader:
                 pass
-        except (MedtuneError, FileNotFoundError) as exc:
-            fail(str(exc))
         line = f"{path}: {reader.stats.rows} rows, format {reader.format.name}"
         if pol is Policy.SKIP:
             line += f", {reader.stats.rejected} rejected"
@@ -73,10 +71,8 @@ def convert(
     """Convert a dataset into another format through the canonical record."""
     from medtune_core.dataio import convert_file
 
-    try:
+    with user_errors(FileNotFoundError):
         manifest = convert_file(src, dst, to, src_format=src_format, policy=policy)
-    except (MedtuneError, FileNotFoundError) as exc:
-        fail(str(exc))
     line = f"{dst}: {manifest.rows} rows, format {manifest.format} (from {src})"
     if manifest.rejects:
         line += f", {manifest.rejects['count']} rejected (rejects: {manifest.rejects['path']})"
@@ -115,10 +111,8 @@ def models_materialize(
     from medtune_core.models.registry import EMBEDDED, materialize
 
     for name in names or list(EMBEDDED):
-        try:
+        with user_errors():
             typer.echo(f"embedded:{name}: {materialize(name.removeprefix('embedded:'))}")
-        except MedtuneError as exc:
-            fail(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -191,11 +185,9 @@ def run(
     """Run a flow; the last line printed is ``{"flow", "flow_run_id", "state", "outputs"}`` as JSON."""
     from flows.registry import load_flow
 
-    try:
+    with user_errors(code=2):
         flow_obj, model = load_flow(flow_name)
         params = build_params(model, config, overrides or [])
-    except MedtuneError as exc:
-        fail(str(exc), code=2)
     state = flow_obj(params=params, return_state=True)
     outputs: Any = {}
     error = None

@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli_common import fail, user_errors
-from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="Bailian (Alibaba Cloud Model Studio) fine-tuning, step by step.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Fine-tune jobs: create, list, get, wait, logs, cancel.", no_args_is_help=True)
@@ -34,10 +33,8 @@ WorkspaceOpt = Annotated[str | None, typer.Option(help="Bailian workspace id.")]
 def _client(region: str, base_url: str | None, workspace: str | None) -> Any:
     from medtune_core.bailian import BailianClient
 
-    try:
+    with user_errors(code=2):
         return BailianClient(region=region, base_url=base_url, workspace=workspace)
-    except MedtuneError as exc:
-        fail(str(exc), 2)
 
 
 def _echo_json(obj: Any) -> None:
@@ -58,7 +55,7 @@ def convert(
     from medtune_core.bailian import BailianPrompts, convert_medqa_file, convert_medqa_tree
 
     prompts = BailianPrompts().with_system(system_prompt)
-    try:
+    with user_errors(FileNotFoundError):
         if source.is_file():
             lang = language if language != "auto" else ("en" if "US" in source.parts else "zh")
             manifests = [
@@ -68,8 +65,6 @@ def convert(
             manifests = convert_medqa_tree(
                 source, out_dir, regions=region, splits=split, prompts=prompts, policy=policy
             )
-    except (MedtuneError, FileNotFoundError) as exc:
-        fail(str(exc))
     for m in manifests:
         rejected = f", {m.rejects['count']} rejected" if m.rejects else ""
         typer.echo(f"{m.path}: {m.rows} rows{rejected}")
@@ -87,10 +82,8 @@ def split(
     from medtune_core.bailian.split import MB
 
     for f in files:
-        try:
+        with user_errors(FileNotFoundError):
             parts = split_file(f, out_dir, max_bytes=int(max_mb * MB), max_rows=max_rows)
-        except (MedtuneError, FileNotFoundError) as exc:
-            fail(str(exc))
         for p in parts:
             typer.echo(f"{p.path}: {p.rows} rows, {p.bytes} bytes")
 
@@ -107,11 +100,9 @@ def estimate(
     from medtune_core.bailian import TokenCounter, count_file_tokens, estimate_cost
 
     counter = TokenCounter()
-    try:
+    with user_errors(FileNotFoundError):
         stats = [count_file_tokens(f, counter, max_length=max_length) for f in files]
         est = estimate_cost(model, epochs, stats, prices={model: price} if price is not None else None)
-    except (MedtuneError, FileNotFoundError) as exc:
-        fail(str(exc))
     for s in stats:
         typer.echo(f"{s.path}: {s.rows} rows, {s.tokens:,} tokens (max {s.max_row_tokens}/row)")
     typer.echo(est.summary())
@@ -127,10 +118,8 @@ def upload(
     """Upload files for fine-tuning (a file already uploaded is not sent again); prints ``FILE: FILE_ID``."""
     client = _client(region, base_url, workspace)
     for f in files:
-        try:
+        with user_errors(FileNotFoundError):
             info = client.upload(f)
-        except (MedtuneError, FileNotFoundError) as exc:
-            fail(str(exc))
         typer.echo(f"{f}: {info.file_id}{' (already uploaded)' if info.reused else ''}")
 
 

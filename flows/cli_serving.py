@@ -22,8 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_common import fail
-from medtune_core.errors import MedtuneError
+from flows.cli_common import fail, user_errors
 
 ModelOpt = Annotated[
     str | None,
@@ -58,12 +57,10 @@ def _load(
 
     if model is None and adapter is None:
         fail("pass --model (and/or --adapter)", 2)
-    try:
+    with user_errors(OSError):
         loaded = load_for_inference(
             model, adapter, chat_template=chat_template, strict_template=strict_template, device=device, name=name
         )
-    except (MedtuneError, OSError) as exc:
-        fail(str(exc))
     if loaded.template_mismatch:
         typer.echo(
             "warning: the tokenizer's chat template differs from the training template "
@@ -112,7 +109,7 @@ def infer(
     def progress(rep: Any) -> None:
         typer.echo(f"{rep.rows} rows written ({rep.generated} generated now)", err=True)
 
-    try:
+    with user_errors(FileNotFoundError):
         report = run_batch_inference(
             gen,
             input_path,
@@ -126,8 +123,6 @@ def infer(
             overwrite=overwrite,
             on_batch=progress,
         )
-    except (MedtuneError, FileNotFoundError) as exc:
-        fail(str(exc))
     typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
 
 
@@ -180,10 +175,8 @@ def api(
     gen = _load(model, adapter, chat_template, strict_template, device, served_name) if model or adapter else None
     emb = None
     if embeddings:
-        try:
+        with user_errors(OSError):
             emb = Embedder(embeddings)
-        except (MedtuneError, OSError) as exc:
-            fail(str(exc))
     if gen is None and emb is None:
         fail("nothing to serve: pass --model and/or --embeddings", 2)
     cfg = ServerConfig(api_key=key, default_max_tokens=max_new_tokens, default_temperature=temperature)
@@ -210,10 +203,8 @@ def ui(
 
     params = _params(max_new_tokens, temperature)
     gen = _load(model, adapter, chat_template, strict_template, device)
-    try:
+    with user_errors():
         demo = build_demo(gen, title=title, system=system, params=params)
-    except MedtuneError as exc:
-        fail(str(exc))
     launch_demo(demo, host, port)
 
 
@@ -253,7 +244,7 @@ def safety_eval(
     )
 
     out = out or Path("safety") / label
-    try:
+    with user_errors(FileNotFoundError):
         config = load_safety_config(lexicon)
         judge = (
             SafetyJudge.from_options(judge_model, judge_base_url, cache_path=out / "safety_judgements.jsonl")
@@ -287,8 +278,6 @@ def safety_eval(
             other, metrics = load_report_metrics(path)
             results[other] = metrics
         results[label if label not in results else f"{label} (new)"] = {k: r.metrics for k, r in reports.items()}
-    except (MedtuneError, FileNotFoundError) as exc:
-        fail(str(exc))
     table = comparison_table(results, title="Safety evaluation")
     out.mkdir(parents=True, exist_ok=True)
     (out / "safety_table.md").write_text(table, encoding="utf-8")

@@ -18,8 +18,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import fail
-from medtune_core.errors import MedtuneError
+from flows.cli_common import fail, user_errors
 
 app = typer.Typer(help="Training helpers: domain vocabulary.", no_args_is_help=True)
 
@@ -53,7 +52,7 @@ def extend_vocab(
     from medtune_core.training.runner import resolve_model_ref
     from medtune_core.training.tokenizer_ext import domain_words, extend_vocabulary
 
-    try:
+    with user_errors(OSError):
         model_path = resolve_model_ref(model)
         tokenizer = AutoTokenizer.from_pretrained(model_path) if learn_from else None
         found = domain_words(
@@ -66,8 +65,6 @@ def extend_vocab(
             return
         assert out is not None
         ext = extend_vocabulary(model_path, found, out)
-    except (MedtuneError, OSError) as exc:
-        fail(str(exc))
     summary = {
         "output_dir": str(ext.output_dir),
         "base_model": str(ext.base_model),

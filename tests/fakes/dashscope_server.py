@@ -19,9 +19,11 @@ import threading
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes.http_base import ThreadedFake
 
 TRAINING_TYPES = {"sft", "efficient_sft", "cpt", "dpo_full", "dpo_lora"}
 PREFIX = "/api/v1"
@@ -54,7 +56,7 @@ class FakeJob:
     logs: list[str] = field(default_factory=list)
 
 
-class FakeDashScope:
+class FakeDashScope(ThreadedFake):
     """The server; :attr:`requests` lists what the SDK sent, in order."""
 
     def __init__(self, api_key: str = "sk-fake-0123456789", *, polls_per_state: int = 1) -> None:
@@ -69,38 +71,15 @@ class FakeDashScope:
         self._injected: list[Injected] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- life cycle
+    thread_name = "fake-dashscope"
 
-    def start(self) -> FakeDashScope:
-        server = self
-
-        class Handler(_Handler):
-            fake = server
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-dashscope", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> FakeDashScope:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}{PREFIX}"
+        return f"http://127.0.0.1:{self.port}{PREFIX}"
 
     # -- test helpers
 

@@ -31,9 +31,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.fakes.http_base import ThreadedFake
 
 __all__ = ["FakeOpenAIServer", "FakeRequest", "Fault", "Reply", "example_from_schema", "fake_embedding"]
 
@@ -165,7 +167,7 @@ def _tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(ThreadedFake):
     """The server; a context manager (``with FakeOpenAIServer() as s: s.base_url``) or ``start()`` / ``stop()``."""
 
     def __init__(
@@ -190,8 +192,6 @@ class FakeOpenAIServer:
         self._faults: deque[Fault] = deque(Fault.parse(f) for f in faults)
         self._lock = threading.Lock()
         self._seen_prefixes: set[str] = set()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.reset()
 
     # ---------------------------------------------------------------------------------------------- control
@@ -223,42 +223,14 @@ class FakeOpenAIServer:
     def count_for(self, body: Mapping[str, Any]) -> int:
         return self.body_counts[self.body_key(body)]
 
+    thread_name = "fake-openai"
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
+
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def start(self) -> FakeOpenAIServer:
-        server = self
-
-        class Handler(_Handler):
-            fake = server
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
-        httpd.daemon_threads = True
-        httpd.request_queue_size = 1024
-        httpd.allow_reuse_address = True
-        httpd.server_bind()
-        httpd.server_activate()
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return f"http://127.0.0.1:{self.port}/v1"
 
     # ---------------------------------------------------------------------------------------------- logic
     def _next_fault(self) -> Fault | None:
