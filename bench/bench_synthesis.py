@@ -177,7 +177,7 @@ def run_sequential(url: str, payloads: list[dict[str, Any]], out: Path) -> float
     """(c) The seed script's loop: one blocking request after another, parse the JSON, write a line."""
     import openai
 
-    client = openai.OpenAI(base_url=url, api_key="EMPTY")
+    client = openai.OpenAI(base_url=url, api_key="EMPTY", timeout=60)
     t0 = time.perf_counter()
     with out.open("w", encoding="utf-8") as fh:
         for payload in payloads:
