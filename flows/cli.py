@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from flows.cli_common import fail, user_errors
+from flows.cli_common import fail, setup_logging, user_errors
 from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="medtune: fine-tuning factory for medical language models.", no_args_is_help=True)
@@ -274,7 +274,7 @@ def main() -> None:
     from tasks.prefect_env import apply_prefect_defaults
 
     apply_prefect_defaults()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging()
     app()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -24,3 +26,15 @@ def user_errors(*kinds: type[BaseException], code: int = 1) -> Iterator[None]:
         yield
     except (MedtuneError, *kinds) as exc:
         fail(str(exc), code)
+
+
+#: HTTP client libraries that log every request at INFO: one line per LLM request (thousands in a synthesis run) and
+#: per Prefect API call, which buries the flow's own log and costs CPU on the request path.
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr at ``level`` as ``LEVEL name: message``; the HTTP libraries only from WARNING."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from flows.cli_common import setup_logging
 
 #: Pipeline order and the demo's overrides of each flow's defaults.
 DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.prefect_env import apply_prefect_defaults
 
     apply_prefect_defaults()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging()
 
     from flows.registry import FLOWS, load_flow
 

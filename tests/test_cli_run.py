@@ -38,6 +38,8 @@ def test_run_prints_json_last_line_and_writes_outputs(tmp_path: Path) -> None:
     assert written == out / "qa.sharegpt.jsonl"
     assert json.loads(written.read_text(encoding="utf-8"))["conversations"][0]["value"] == "发烧怎么办"
     assert (out / "qa.sharegpt.jsonl.manifest.json").exists()
+    # the flow's own log, not one line per HTTP request (the Prefect API here, an LLM endpoint in data-synthesis)
+    assert "Beginning flow run" in result.stderr and "HTTP Request:" not in result.stderr
 
 
 def test_run_rejects_bad_parameters_before_running(tmp_path: Path) -> None:
