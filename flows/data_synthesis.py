@@ -245,7 +245,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
 
     outputs: dict[str, str] = {}
     reports: list[AgentReport] = []
-    for name, source in batches:
+    for name, source in [(n, src) for src in params.sources() for n in names if (n, src) in batches]:
         if (name, source) not in finals:  # an agent a budget stop left unfinished: written now, with what it has
             finalize(name, source)
         result = finals[(name, source)].result()

@@ -141,6 +141,44 @@ def test_llm_batches_overlap_within_one_request_limit(prefect_harness, tmp_path:
         assert server.max_in_flight == 3  # batches overlapped (one batch alone has 2) and never exceeded the limit
 
 
+def test_a_short_batch_frees_its_place_and_agents_are_written_as_they_finish(
+    prefect_harness, tmp_path: Path, monkeypatch
+) -> None:
+    """One slow answer holds drug's first batch: its short second batch ending must let critic's batches start, and
+    critic's file must be written while drug's slow batch is still out (not after every batch, in plan order)."""
+    import time
+
+    from medtune_core.synthesis import get_agent
+    from medtune_core.synthesis.requests import user_message
+    from medtune_core.synthesis.seed import sample_input
+    from tests.fakes.openai_server import FakeOpenAIServer
+    from tests.test_synthesis_llm import template_responder
+
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    slow = user_message(sample_input(get_agent("drug"), 0, 1, source="llm"))  # drug sample 1, in batch 0-1
+    slow_answered: list[float] = []
+
+    def responder(req):
+        answer = template_responder(req)
+        if req.messages[-1]["content"] == slow:
+            time.sleep(3.0)
+            slow_answered.append(time.time())
+        return answer
+
+    with FakeOpenAIServer(responder=responder, latency_s=0.05) as server:
+        params = llm_params(
+            server, tmp_path, agents=["drug", "critic"], num_samples=3, concurrency=4, parallel_batches=2, seed=0
+        )
+        state = data_synthesis(params=params, return_state=True)
+        assert state.is_completed(), state.message
+        assert server.total == 6
+    out = tmp_path / "out"
+    assert (out / "critic_sft_data.jsonl").stat().st_mtime < slow_answered[0]
+    summary = json.loads((out / "synthesis_manifest.json").read_text(encoding="utf-8"))
+    assert [a["agent"] for a in summary["agents"]] == ["drug", "critic"]  # the order asked for, not finishing order
+    assert list(state.result()) == ["drug.llm", "critic.llm", "summary"]
+
+
 def test_parallel_batches_share_one_budget(prefect_harness, tmp_path: Path, monkeypatch) -> None:
     from tests.fakes.openai_server import FakeOpenAIServer
     from tests.test_synthesis_llm import template_responder
