@@ -175,7 +175,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     progress = Progress(f"data-synthesis: {len(plan)} batches", len(plan))
     batches: dict[tuple[str, str], list[Any]] = {}
     finals: dict[tuple[str, str], FreshFuture] = {}
-    llm_left = Counter(name for name, source, _, _ in plan if source == "llm")
+    left = Counter((name, source) for name, source, _, _ in plan)  # batches of each agent and source not yet in
 
     def finalize(name: str, source: str) -> None:
         """Merge, deduplicate and write one agent's file as soon as its batches are in: it runs on the task runner
@@ -190,13 +190,14 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
             finalize_task, name, ms, out_dir, source, params.output_format, dedup, extra
         )
 
-    for name in names if "seed" in params.sources() else []:
-        for start, count in batch_ranges(params.size_of(name), params.batch_size):
-            batches.setdefault((name, "seed"), []).append(
-                call_fresh(seed_batch_task, name, seed, start, count, out_dir, template_fingerprint(name))
-            )
-            progress.advance()
-        finalize(name, "seed")
+    for name, _, start, count in (p for p in plan if p[1] == "seed"):
+        batches.setdefault((name, "seed"), []).append(
+            call_fresh(seed_batch_task, name, seed, start, count, out_dir, template_fingerprint(name))
+        )
+        progress.advance()
+        left[(name, "seed")] -= 1
+        if left[(name, "seed")] == 0:
+            finalize(name, "seed")
 
     # every batch of this run shares one ledger: side by side, they together spend at most the budget
     scope = f"data-synthesis:{flow_run.get_id() or id(params)}"
@@ -207,7 +208,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
         file is written once its last batch is in."""
         nonlocal stopped
         name, start, count = args
-        llm_left[name] -= 1
+        left[(name, "llm")] -= 1
         if state.is_failed():
             exc = _exception(state)
             if not isinstance(exc, BudgetStop):
@@ -223,7 +224,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
                 )
             batches.setdefault((name, "llm"), []).append(m)
             progress.advance()
-        if llm_left[name] == 0 and (name, "llm") in batches:
+        if left[(name, "llm")] == 0 and (name, "llm") in batches:
             finalize(name, "llm")
 
     # at most parallel_batches at once; a new batch starts as soon as ANY running one ends (a short batch ending

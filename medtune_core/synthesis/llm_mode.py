@@ -17,6 +17,7 @@ last two are *missing*, not rejected, so a later run (a retry, a higher budget) 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +253,7 @@ def run_llm_mode(
     async def go() -> tuple[dict[str, list[BatchOutcome]], dict[str, AgentReport], bool, float]:
         loop = asyncio.get_running_loop()
         outcomes: dict[str, dict[int, BatchOutcome]] = {n: {} for n in names}
-        left = {n: sum(1 for p in plan if p[0] == n) for n in names}
+        left = Counter(name for name, _, _ in plan)  # batches of each agent not yet in
         written: dict[str, asyncio.Future[AgentReport]] = {}
         stopped = False
 
