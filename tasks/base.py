@@ -52,11 +52,11 @@ def medtune_task(
 
 
 def outputs_current(result: Any) -> bool:
-    """Whether every manifest inside a task result still matches the file it describes."""
-    from medtune_core.dataio import Manifest
-
-    if isinstance(result, Manifest):
-        return result.is_current()
+    """Whether every output a task result names is still what it was: each :class:`~medtune_core.dataio.Manifest`
+    and :class:`~tasks.caching.OutputPath` (anything with ``is_current()``), also inside dicts, lists and tuples."""
+    check = getattr(result, "is_current", None)
+    if callable(check):
+        return bool(check())
     if isinstance(result, dict):
         return all(outputs_current(v) for v in result.values())
     if isinstance(result, (list, tuple)):
@@ -64,24 +64,34 @@ def outputs_current(result: Any) -> bool:
     return True
 
 
+def fresh(task_obj: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
+    """The one freshness check: ``result`` of ``task_obj(*args, **kwargs)``, or, when it names outputs that were
+    deleted or changed since it was cached, the task run again with ``refresh_cache`` (a cache hit must never hand
+    back a file that is no longer there)."""
+    if outputs_current(result):
+        return result
+    return task_obj.with_options(refresh_cache=True)(*args, **kwargs)
+
+
+def call_fresh(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a cached task and apply :func:`fresh` to its result."""
+    return fresh(task_obj, task_obj(*args, **kwargs), *args, **kwargs)
+
+
 class FreshFuture:
-    """A submitted cached task whose result is checked as :func:`call_fresh` checks it: a cached result naming
-    output files that were deleted or changed since is recomputed (in the caller's thread) when it is read."""
+    """A cached task submitted to the flow's task runner (it runs while the flow goes on); :meth:`result` waits for
+    it and applies :func:`fresh` (a stale result is recomputed in the caller's thread)."""
 
     def __init__(self, task_obj: Any, *args: Any, **kwargs: Any) -> None:
         self.task_obj, self.args, self.kwargs = task_obj, args, kwargs
         self.future = task_obj.submit(*args, **kwargs)
 
     def result(self) -> Any:
-        result = self.future.result()
-        if not outputs_current(result):
-            result = self.task_obj.with_options(refresh_cache=True)(*self.args, **self.kwargs)
-        return result
+        return fresh(self.task_obj, self.future.result(), *self.args, **self.kwargs)
 
 
 def submit_fresh(task_obj: Any, *args: Any, **kwargs: Any) -> FreshFuture:
-    """Submit a cached task to the flow's task runner (it runs while the flow goes on); ``.result()`` waits for it
-    and applies :func:`call_fresh`'s check."""
+    """Submit a cached task; ``.result()`` applies :func:`fresh`."""
     return FreshFuture(task_obj, *args, **kwargs)
 
 
@@ -95,12 +105,3 @@ def map_fresh(task_obj: Any, calls: list[tuple[Any, ...]], parallel: int = 1) ->
         wave = [submit_fresh(task_obj, *args) for args in calls[start : start + parallel]]
         results.extend(f.result() for f in wave)
     return results
-
-
-def call_fresh(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a cached task; if the cached result names output files that were deleted or changed since,
-    run it again (a cache hit must never hand back a manifest of a file that is no longer there)."""
-    result = task_obj(*args, **kwargs)
-    if not outputs_current(result):
-        result = task_obj.with_options(refresh_cache=True)(*args, **kwargs)
-    return result

@@ -21,7 +21,57 @@ from pydantic import BaseModel, SecretStr
 
 import medtune_core
 from medtune_core.dataio import Manifest
-from medtune_core.hashing import path_sha256
+from medtune_core.hashing import file_sha256, path_sha256
+
+#: Files up to this size are checked by content hash before a cached result naming them is reused; bigger ones (model
+#: weights) by size and modification time, which a copy or rewrite changes too (hashes are memoised per file version).
+HASH_LIMIT = 256 * 1024 * 1024
+
+
+def _file_state(path: Path) -> tuple[int, str]:
+    st = path.stat()
+    return st.st_size, (file_sha256(path) if st.st_size <= HASH_LIMIT else f"mtime:{st.st_mtime_ns}")
+
+
+@dataclass(frozen=True)
+class OutputPath(os.PathLike):
+    """A file or folder a task wrote, named in its result so that a cached result is checked before reuse.
+
+    Return ``OutputPath.of(path)`` (alone, or inside a dict / list / tuple) instead of a plain path string:
+    :func:`tasks.base.call_fresh` and :func:`tasks.base.submit_fresh` then recompute a cached result whose file or
+    folder was deleted or changed since (a deleted ``merged/`` model must not come back from the cache). A folder's
+    state is the list of its files with their sizes and content hashes (``HASH_LIMIT``). It is a path
+    (``os.fspath``, ``Path(ref)``, ``str(ref)``), so callers that took a string keep working.
+    """
+
+    path: str
+    state: str
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> OutputPath:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: the task's output does not exist")
+        return cls(str(p), _path_state(p))
+
+    def is_current(self) -> bool:
+        p = Path(self.path)
+        return p.exists() and _path_state(p) == self.state
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _path_state(path: Path) -> str:
+    if path.is_file():
+        size, digest = _file_state(path)
+        return f"file:{size}:{digest}"
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    listing = [(f.relative_to(path).as_posix(), *_file_state(f)) for f in files]
+    return "dir:" + hash_objects(listing, raise_on_failure=True)
 
 
 def fingerprint(value: Any) -> Any:

@@ -1,12 +1,17 @@
 """Retry presets: what a transient failure looks like differs between network calls and GPU work.
 
-Network: exponential backoff with jitter on timeouts, 429 and 5xx, never on a 4xx that says the request
-itself is wrong (retrying it costs money and fails the same way). GPU: one retry for a lost worker, none
+Network: exponential backoff with jitter, and only for failures of the network itself: a refused or reset
+connection, a timeout, HTTP 408/409/425/429 and 5xx. Everything else fails at once: a 4xx says the request itself is
+wrong (retrying it costs money and fails the same way), and an unknown exception (an ``AttributeError``, a
+``KeyError``) is a bug that four more tries only hide. An exception may say for itself whether it is worth
+retrying with a ``transient`` attribute (e.g. the Bailian client's errors). GPU: one retry for a lost worker, none
 for CUDA out-of-memory, which needs a smaller batch, not another try.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from typing import Any
 
 from prefect.tasks import exponential_backoff
@@ -14,7 +19,30 @@ from pydantic import ValidationError
 
 from medtune_core.errors import MedtuneError
 
-RETRYABLE_CLIENT_STATUSES = {408, 409, 425, 429}
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+#: Exception classes that mean "the network failed", by module (only those installed count): connection refused or
+#: reset and timeouts of the standard library and of the HTTP stacks the SDKs use.
+NETWORK_ERROR_CLASSES: dict[str, tuple[str, ...]] = {
+    "builtins": ("ConnectionError", "TimeoutError"),
+    "openai": ("APIConnectionError",),  # APITimeoutError is a subclass
+    "httpx": ("TransportError",),
+    "httpx2": ("TransportError",),
+    "aiohttp": ("ClientConnectionError", "ServerTimeoutError"),
+    "requests.exceptions": ("ConnectionError", "Timeout"),
+}
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = []
+    for module, names in NETWORK_ERROR_CLASSES.items():
+        with contextlib.suppress(ImportError):
+            mod = importlib.import_module(module)
+            found.extend(getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type))
+    return tuple(found)
+
+
+NETWORK_ERRORS = _network_errors()
 
 
 def status_code(exc: BaseException) -> int | None:
@@ -27,13 +55,16 @@ def status_code(exc: BaseException) -> int | None:
 
 
 def is_transient_network_error(exc: BaseException) -> bool:
-    """Whether retrying the same request could succeed."""
-    if isinstance(exc, (MedtuneError, ValidationError, ValueError, TypeError, KeyError)):
-        return False
+    """Whether retrying the same request could succeed: a network failure or a retryable HTTP status, nothing else."""
+    declared = getattr(exc, "transient", None)
+    if isinstance(declared, bool):
+        return declared
     code = status_code(exc)
-    if code is not None and 400 <= code < 500:
-        return code in RETRYABLE_CLIENT_STATUSES
-    return True
+    if code is not None:
+        return code in RETRYABLE_CLIENT_STATUSES or code >= 500
+    if isinstance(exc, (MedtuneError, ValidationError)):
+        return False
+    return isinstance(exc, NETWORK_ERRORS)
 
 
 def is_cuda_oom(exc: BaseException) -> bool:

@@ -9,8 +9,8 @@ from prefect import flow
 from pydantic import SecretStr
 
 from medtune_core.dataio import DatasetReader, Policy, write_records
-from tasks.base import call_fresh, medtune_task
-from tasks.caching import fingerprint
+from tasks.base import call_fresh, medtune_task, submit_fresh
+from tasks.caching import OutputPath, fingerprint
 from tasks.data import convert_dataset
 from tasks.retries import is_cuda_oom, is_transient_network_error
 
@@ -102,6 +102,82 @@ def test_network_retry_preset(status: int, retry: bool) -> None:
     assert is_transient_network_error(_HTTPError(status)) is retry
     assert is_transient_network_error(TimeoutError()) is True
     assert is_transient_network_error(ValueError("bad input")) is False
+
+
+def test_only_network_errors_are_retried() -> None:
+    import httpx
+    import openai
+
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    for exc in (ConnectionRefusedError(111, "refused"), openai.APIConnectionError(request=request)):
+        assert is_transient_network_error(exc) is True
+    assert is_transient_network_error(openai.APITimeoutError(request=request)) is True
+    for exc in (AttributeError("'NoneType' object has no attribute 'x'"), KeyError("k"), RuntimeError("bug")):
+        assert is_transient_network_error(exc) is False
+
+    class Declared(Exception):
+        transient = True
+
+    assert is_transient_network_error(Declared()) is True
+
+
+ATTEMPTS: list[int] = []
+
+
+@medtune_task(retry="network", cache=False, retry_delay_seconds=0)
+def buggy_network_call() -> None:
+    ATTEMPTS.append(1)
+    raise AttributeError("a bug, not the network")
+
+
+def test_a_bug_in_a_network_task_runs_once() -> None:
+    @flow
+    def once() -> str:
+        return buggy_network_call(return_state=True).name
+
+    ATTEMPTS.clear()
+    assert once() == "Failed" and len(ATTEMPTS) == 1
+
+
+RUNS: list[str] = []
+
+
+@medtune_task
+def write_folder(src: Path, out_dir: str) -> dict[str, OutputPath]:
+    RUNS.append(out_dir)
+    folder = Path(out_dir) / "merged"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "weights.bin").write_bytes(src.read_bytes())
+    return {"model": OutputPath.of(folder), "config": OutputPath.of(Path(out_dir) / "cfg.txt")}
+
+
+def test_a_result_naming_a_deleted_or_changed_folder_is_recomputed(tmp_path: Path) -> None:
+    import shutil
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"weights")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "cfg.txt").write_text("lr=1", encoding="utf-8")
+
+    @flow
+    def twice(submitted: bool) -> str:
+        if submitted:
+            return str(submit_fresh(write_folder, src, str(out)).result()["model"])
+        return str(call_fresh(write_folder, src, str(out))["model"])
+
+    RUNS.clear()
+    assert twice(False) == str(out / "merged") and len(RUNS) == 1
+    assert twice(True) == str(out / "merged") and len(RUNS) == 1  # cache hit: the folder is as it was
+    shutil.rmtree(out / "merged")  # the next stage must not start from a missing model
+    assert twice(False) == str(out / "merged") and len(RUNS) == 2 and (out / "merged" / "weights.bin").is_file()
+    (out / "merged" / "weights.bin").write_bytes(b"tampered")
+    assert twice(True) == str(out / "merged") and len(RUNS) == 3
+    assert (out / "merged" / "weights.bin").read_bytes() == b"weights"
+    ref = OutputPath.of(out / "merged")
+    assert Path(ref) == out / "merged" and ref.is_current()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        OutputPath.of(out / "missing")
 
 
 def test_gpu_preset_does_not_retry_oom() -> None:
