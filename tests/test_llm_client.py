@@ -675,3 +675,15 @@ def test_response_cache_is_separate_per_provider_host() -> None:
     assert cache_namespace_of(ds) == "api.deepseek.com" and cache_namespace_of(oa) == "api.openai.com"
     assert cache_namespace_of(LLMConfig(model="m", base_url="http://127.0.0.1:1234/v1")) == "127.0.0.1"
     assert cache_namespace_of(LLMConfig(model="m", base_url=oa.base_url, cache_namespace="team-a")) == "team-a"
+
+
+def test_the_client_uses_only_public_sdk_names() -> None:
+    """No ``openai._private`` module or attribute: an SDK release may move those without notice."""
+    import inspect
+    import re
+
+    import medtune_core.llm.client as module
+
+    source = inspect.getsource(module)
+    assert not re.search(r"openai\._|from openai\._|inspect\.signature", source)
+    assert {"model", "messages", "response_format", "temperature", "extra_body"} <= module.CHAT_PARAMS

@@ -40,8 +40,6 @@ import asyncio
 import contextlib
 import email.utils
 import functools
-import importlib
-import inspect
 import json
 import logging
 import math
@@ -49,6 +47,7 @@ import random
 import re
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +308,10 @@ class _LoopState:
     inflight: dict[str, asyncio.Future[_Sent | Failed | BudgetExceeded]]
 
 
+class _NotJSON(Exception):
+    """A 2xx answer whose body is not a JSON object (a proxy's HTML page, a truncated body)."""
+
+
 class _Retryable(Exception):
     def __init__(self, detail: str, status: int | None, retry_after: float | None) -> None:
         super().__init__(detail)
@@ -382,94 +385,55 @@ def _schema_parts(schema: type[BaseModel]) -> tuple[str, dict[str, Any], str]:
     return _schema_name(schema), json_schema, instruction
 
 
-@functools.cache
-def _http_module() -> Any:
-    """The HTTP library the SDK is built on (``httpx2`` in recent SDKs, ``httpx`` before), found from the SDK's own
-    default client class, so an installed but unused ``httpx2`` / ``httpx`` cannot be picked by mistake."""
-    base = getattr(openai, "DefaultAsyncHttpxClient", None)
-    for cls in getattr(base, "__mro__", ()):
-        top = cls.__module__.split(".")[0]
-        if cls.__name__ == "AsyncClient" and top in ("httpx2", "httpx"):
-            return importlib.import_module(top)
-    for mod in ("httpx2", "httpx"):  # pragma: no cover - SDKs without DefaultAsyncHttpxClient
-        with contextlib.suppress(ImportError):
-            return importlib.import_module(mod)
-    raise ImportError("neither httpx2 nor httpx is installed")  # pragma: no cover - the SDK needs one
-
-
-def _raw_response_type() -> type:
-    """The ``cast_to`` for which the SDK's ``post`` returns the raw HTTP response."""
-    return _http_module().Response
-
-
-@functools.cache
-def _ssl_context() -> Any:
-    """The default TLS context of the SDK's HTTP library (system CAs or certifi, ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
-    honoured), built once per process: loading the CA bundle costs ~40 ms, per client that is per batch."""
-    return _http_module().create_ssl_context()
-
-
 def _http_client(backend: str, timeout: float) -> Any:
     """The ``http_client`` for ``openai.AsyncOpenAI``: the SDK's ``DefaultAioHttpClient`` (its documented aiohttp
     transport "for improved concurrency performance": no per-request connection-pool probing, C HTTP parser; about
-    1 ms less CPU per request than the httpx stack here) for ``aiohttp`` / ``auto`` when available, else the SDK's
-    ``DefaultAsyncHttpxClient``; both with the SDK's defaults (limits, redirects) and the process' TLS context."""
-    aio = getattr(openai, "DefaultAioHttpClient", None) if backend != "httpx" else None
-    if aio is not None:
-        try:
-            return aio(timeout=timeout, verify=_ssl_context())
-        except (ImportError, RuntimeError) as exc:  # the SDK's stub when aiohttp is not installed
-            if backend == "aiohttp":
-                raise LLMError(f"http_backend='aiohttp' needs aiohttp: pip install 'openai[aiohttp]' ({exc})") from None
-    elif backend == "aiohttp":
-        raise LLMError("http_backend='aiohttp' needs an openai SDK with DefaultAioHttpClient (openai>=1.80)")
-    default = getattr(openai, "DefaultAsyncHttpxClient", None)
-    return None if default is None else default(timeout=timeout, verify=_ssl_context())
+    1 ms less CPU per request than the httpx stack here) for ``aiohttp`` / ``auto`` when available, else None (the
+    SDK's own default httpx client); both with the SDK's defaults (limits, redirects, TLS)."""
+    if backend == "httpx":
+        return None
+    try:
+        return openai.DefaultAioHttpClient(timeout=timeout)
+    except (ImportError, RuntimeError) as exc:  # the SDK's stub when aiohttp is not installed
+        if backend == "aiohttp":
+            raise LLMError(f"http_backend='aiohttp' needs aiohttp: pip install 'openai[aiohttp]' ({exc})") from None
+        return None
 
 
-@functools.cache
-def _chat_create_spec() -> tuple[frozenset[str], bool]:
-    """Keyword arguments ``chat.completions.create`` accepts, and whether request options take ``security``."""
-    from openai._base_client import make_request_options
-    from openai.resources.chat.completions import AsyncCompletions
+def _chat_params() -> frozenset[str]:
+    """The parameters ``chat.completions.create`` takes, from the SDK's public request type
+    (``openai.types.chat.CompletionCreateParams``), plus its per-request options."""
+    from openai.types.chat import CompletionCreateParams
 
-    names = frozenset(p for p in inspect.signature(AsyncCompletions.create).parameters if p != "self")
-    return names, "security" in inspect.signature(make_request_options).parameters
+    names: set[str] = set(_REQUEST_OPTIONS)
+    for variant in typing.get_args(CompletionCreateParams) or (CompletionCreateParams,):
+        names |= variant.__required_keys__ | variant.__optional_keys__
+    return frozenset(names)
 
 
 _REQUEST_OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout")
+CHAT_PARAMS = _chat_params()
 
 
-def _chat_post_args(payload: Mapping[str, Any], timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Body and request options for ``client.post("/chat/completions")``: what ``chat.completions.create(**payload,
-    timeout=timeout)`` sends, without its param transform (a no-op for the plain JSON dicts sent here)."""
-    from openai._base_client import make_request_options
-
-    accepted, has_security = _chat_create_spec()
-    unknown = [k for k in payload if k not in accepted]
+def _chat_post_args(payload: Mapping[str, Any], timeout: float) -> tuple[dict[str, Any], openai.RequestOptions]:
+    """Body and :class:`openai.RequestOptions` for ``client.post("/chat/completions")``: what
+    ``chat.completions.create(**payload, timeout=timeout)`` sends (``extra_body`` merged into the body,
+    ``extra_headers`` and ``extra_query`` as headers and query), without its param transform (a no-op for the plain
+    JSON dicts sent). A parameter ``create`` does not know raises ``TypeError`` as there (a typo must not reach a
+    paid API)."""
+    unknown = [k for k in payload if k not in CHAT_PARAMS]
     if unknown:
         raise TypeError(f"create() got an unexpected keyword argument {unknown[0]!r}")
     body = {k: v for k, v in payload.items() if k not in _REQUEST_OPTIONS}
-    opts: dict[str, Any] = {
-        "extra_headers": payload.get("extra_headers"),
-        "extra_query": payload.get("extra_query"),
-        "extra_body": payload.get("extra_body"),
-        "timeout": timeout,
-    }
-    if has_security:
-        opts["security"] = {"bearer_auth": True}
-    return body, dict(make_request_options(**opts))
+    options: openai.RequestOptions = {"timeout": timeout}
+    for key, option in (("extra_headers", "headers"), ("extra_query", "params"), ("extra_body", "extra_json")):
+        if payload.get(key):
+            options[option] = payload[key]  # type: ignore[literal-required]
+    return body, options
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [openai.APIConnectionError, TimeoutError, ConnectionError]
-    for mod in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(__import__(mod).TransportError)
-    return tuple(errors)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
+#: What a failed connection raises through the SDK (it maps its HTTP stack's errors to ``APIConnectionError``).
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (openai.APIConnectionError, TimeoutError, ConnectionError)
 
 
 # ------------------------------------------------------------------------------------------------------------- client
@@ -997,8 +961,10 @@ class LLMClient:
                         self.ledger.count(f"failed:{reason}")
                         logger.warning("%s request to %s failed with HTTP %s: %s", kind, model, exc.status_code, detail)
                         return Failed(reason, detail, exc.status_code, attempts)
-                    except openai.APIError as exc:  # e.g. a response that is not the protocol
+                    except (openai.APIError, _NotJSON) as exc:  # e.g. a response that is not the protocol
                         detail = self._scrub(_error_text(exc))
+                        if isinstance(exc, _NotJSON):
+                            detail = f"the chat completion response is not a JSON object: {detail}"
                         self.ledger.count("failed:bad_response")
                         return Failed("bad_response", detail, None, attempts)
                 # retryable: back off outside the semaphore
@@ -1071,30 +1037,28 @@ class LLMClient:
             raise _Retryable(f"connection error: {type(exc).__name__}: {exc}", None, None) from None
 
     async def _call_chat(self, payload: dict[str, Any], client: openai.AsyncOpenAI, timeout: float) -> dict[str, Any]:
-        """A non-streaming chat completion through the SDK's generic ``post`` with ``cast_to`` the raw HTTP response.
+        """A non-streaming chat completion through the SDK's public ``post`` (its documented way to call any endpoint)
+        with ``cast_to=bytes``: the response body as received.
 
         Why not ``chat.completions.create`` (or its ``with_raw_response``, which runs the same code before the
-        request): ``create`` first walks the whole payload through the SDK's typed-dict param transform
-        (``async_maybe_transform``: every message and the whole JSON schema in ``response_format``, ~1.8-3.4 ms per
-        request here, a no-op for the plain JSON dicts sent) and afterwards builds a ``ChatCompletion`` model that
-        this client immediately dumps back to a dict. At hundreds of requests per second that was a third of the
-        client's CPU. ``post`` is the SDK's public entry for arbitrary endpoints and still does everything else:
-        base URL, auth headers (``security`` as ``create`` passes it), default and extra headers / query / body,
-        idempotency key, timeouts, HTTP stack, status-error mapping (``APIStatusError`` & co. as from ``create``).
-        The body and options are what ``create(**payload, timeout=timeout)`` would send (unknown keywords raise
-        ``TypeError`` as there). The response is parsed once with ``json.loads``; ``None`` values are dropped, as
-        ``model_dump(exclude_none=True)`` did; a body that is not a JSON object raises
-        ``APIResponseValidationError`` (→ ``Failed("bad_response")``)."""
+        request): ``create`` first walks the whole payload through the SDK's typed-dict param transform (every message
+        and the whole JSON schema in ``response_format``, ~1.8-3.4 ms per request here, a no-op for the plain JSON
+        dicts sent) and afterwards builds a ``ChatCompletion`` model that this client immediately dumps back to a
+        dict. At hundreds of requests per second that was a third of the client's CPU. ``post`` still does
+        everything else: base URL, auth headers, default and extra headers / query / body (the public
+        :class:`openai.RequestOptions`), timeouts, HTTP stack, status-error mapping (``APIStatusError`` & co. as from
+        ``create``). Only public names are used, so an SDK release cannot break this path unnoticed;
+        ``test_post_path_sends_what_create_sends`` checks that both put the same request on the wire. The response
+        is parsed once with ``json.loads``; ``None`` values are dropped, as ``model_dump(exclude_none=True)`` did;
+        a body that is not a JSON object ends as ``Failed("bad_response")``."""
         body, options = _chat_post_args(payload, timeout)
-        resp = await client.post("/chat/completions", body=body, cast_to=_raw_response_type(), options=options)
+        content = await client.post("/chat/completions", body=body, cast_to=bytes, options=options)
         try:
-            data = json.loads(resp.content)
+            data = json.loads(content)
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise openai.APIResponseValidationError(
-                resp, resp.text[:2000], message="the chat completion response is not a JSON object"
-            )
+            raise _NotJSON(content[:2000].decode("utf-8", "replace"))
         return _drop_none(data)
 
     async def _call_stream(self, payload: dict[str, Any], client: openai.AsyncOpenAI, timeout: float) -> dict:
