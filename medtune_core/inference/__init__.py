@@ -18,7 +18,14 @@ from medtune_core.inference.batch import (
 )
 from medtune_core.inference.generate import Generation, GenerationStream, Generator, SamplingParams, normalize_messages
 from medtune_core.inference.loader import LoadedModel, is_adapter_dir, load_for_inference
-from medtune_core.inference.think import ThinkSplit, ThinkStreamParser, split_think, strip_think
+from medtune_core.inference.think import (
+    ThinkSplit,
+    ThinkStreamParser,
+    copied_from,
+    split_think,
+    strip_think,
+    valid_reasoning,
+)
 
 __all__ = [
     "BatchReport",
@@ -30,6 +37,7 @@ __all__ = [
     "SamplingParams",
     "ThinkSplit",
     "ThinkStreamParser",
+    "copied_from",
     "is_adapter_dir",
     "load_for_inference",
     "normalize_messages",
@@ -39,4 +47,5 @@ __all__ = [
     "scan_output",
     "split_think",
     "strip_think",
+    "valid_reasoning",
 ]

@@ -49,6 +49,40 @@ def split_think(text: str) -> ThinkSplit:
     return ThinkSplit(None, text.strip())
 
 
+def _shingles(text: str, n: int) -> set[str]:
+    text = "".join(text.split())
+    return {text[i : i + n] for i in range(max(1, len(text) - n + 1))} if text else set()
+
+
+def copied_from(text: str, source: str, threshold: float = 0.8, n: int = 3) -> bool:
+    """Whether ``text`` is (mostly) a copy of ``source``: at least ``threshold`` of its character ``n``-grams occur
+    in ``source`` (whitespace ignored). A model that echoes its instruction ("请先在<think>中分析…") inside a
+    reasoning block has not reasoned."""
+    if not text.strip() or not source.strip():
+        return False
+    grams = _shingles(text, n)
+    if not grams:
+        return False
+    src = _shingles(source.replace(OPEN, "").replace(CLOSE, ""), n)
+    return sum(g in src for g in grams) / len(grams) >= threshold
+
+
+def valid_reasoning(text: str, prompt: str = "", *, copy_threshold: float = 0.8) -> str | None:
+    """The reasoning of ``text`` when it counts as reasoning, else None: a *closed* block (``<think>…</think>``, or
+    ``…</think>`` when the template opened it), with non-blank content that is not copied from ``prompt``.
+
+    An unclosed block (cut by ``max_new_tokens``), an empty block and an echo of the prompt do not count. The safety
+    evaluation's reasoning coverage and the rule reward's think bonus both use this, so the metric measures what the
+    reward pays for.
+    """
+    split = split_think(text)
+    if split.reasoning is None or not split.closed or not split.reasoning.strip():
+        return None
+    if prompt and copied_from(split.reasoning, prompt, copy_threshold):
+        return None
+    return split.reasoning
+
+
 def strip_think(text: str) -> str:
     """The answer without its reasoning block (what goes back into a chat history)."""
     return split_think(text).answer
