@@ -29,6 +29,12 @@ class MedtuneSettings(BaseSettings):
         description="Prefect result storage block slug (e.g. 's3-bucket/medtune-results') shared by all workers; "
         "unset: a local folder under MEDTUNE_HOME.",
     )
+    shared_dir: Path | None = Field(
+        default=None,
+        description="The shared location: a folder mounted at the same path on every worker machine (NFS, a "
+        "compose volume). Flow runs started by a worker work there, and relative paths (outputs, model folders, "
+        "result.json handed to a CUDA-pool child) resolve against it. Unset: the current folder.",
+    )
     models_dir_override: Path | None = Field(
         default=None,
         validation_alias=AliasChoices("MEDTUNE_MODELS_DIR"),
@@ -93,3 +99,13 @@ class MedtuneSettings(BaseSettings):
 def get_settings() -> MedtuneSettings:
     """The settings as the environment says now (cheap; read anew so tests and workers see changes)."""
     return MedtuneSettings()
+
+
+def shared_path(path: str | Path) -> Path:
+    """``path`` as an absolute path: unchanged when absolute, else under ``MEDTUNE_SHARED_DIR`` (the current folder
+    when unset). What a flow hands to a run on another machine must not depend on that machine's current folder."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    root = get_settings().shared_dir
+    return ((root.expanduser() if root else Path.cwd()) / path).absolute()

@@ -1,33 +1,68 @@
-"""Point Prefect at medtune's result storage before Prefect reads its settings.
+"""Point Prefect at medtune's result storage and shared location, in every process that runs a flow.
 
 Prefect reads most settings once, from the environment. ``apply_prefect_defaults`` fills in (never
 overrides) the variables medtune needs: results persisted by default, stored under
 ``MEDTUNE_HOME/results`` or in the shared storage block named by ``MEDTUNE_RESULT_STORAGE`` (an S3 bucket
-or a shared filesystem, so CPU and CUDA workers on different machines see each other's cached results).
-Call it at process start, before ``import prefect``: the CLI, the serve script and the test fixture do.
+or a shared filesystem, so CPU and CUDA workers on different machines see each other's cached results), and
+flow-run heartbeats (``medtune deploy`` creates the automation that marks a run whose heartbeats stop Crashed).
+
+Three ways in, so that the setting holds whoever starts the flow run:
+
+- the ``medtune`` command (``run``, ``serve``, ``deploy``) and the test fixture call it at process start;
+- importing the ``tasks`` package (every flow module does) calls :func:`apply_in_process`: a flow run that a
+  plain ``prefect worker start`` launched honours ``MEDTUNE_RESULT_STORAGE`` from the worker's environment;
+- ``medtune deploy`` writes :func:`deployment_env` into each deployment's job variables, so the run's process
+  gets the deploying machine's storage block even where the worker's environment says nothing.
+
+:func:`enter_shared_location` is the deployments' pull step: a worker's flow run works in ``MEDTUNE_SHARED_DIR``
+(the same mount on every machine), never in whatever folder the worker was started from.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from pathlib import Path
 
 from medtune_core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds between flow-run heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY says otherwise (Prefect's minimum
+#: is 30). A run whose heartbeats stop for CRASH_AFTER_HEARTBEATS of them is marked Crashed (``medtune deploy``).
+HEARTBEAT_SECONDS = 60
+CRASH_AFTER_HEARTBEATS = 3
+
+
+def heartbeat_seconds() -> int:
+    """The flow-run heartbeat interval in effect for processes medtune configures."""
+    value = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") or os.environ.get("PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    return int(value) if value else HEARTBEAT_SECONDS
+
+
+def result_storage_env() -> dict[str, str]:
+    """The variables that decide where task results (the cache) live."""
+    settings = get_settings()
+    env = {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
+    if settings.result_storage:
+        env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] = settings.result_storage
+        env["MEDTUNE_RESULT_STORAGE"] = settings.result_storage
+    return env
 
 
 def prefect_defaults() -> dict[str, str]:
     settings = get_settings()
-    env = {
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+    return {
+        **result_storage_env(),
         "PREFECT_LOCAL_STORAGE_PATH": str(settings.results_dir),
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds()),
         # No machine here reaches the internet; telemetry would only log an error on every server start.
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # The ephemeral server needs 8-26 s on a busy 2-core machine; Prefect's default wait is shorter.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
-    if settings.result_storage:
-        env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] = settings.result_storage
-    return env
 
 
 def apply_prefect_defaults() -> dict[str, str]:
@@ -38,3 +73,41 @@ def apply_prefect_defaults() -> dict[str, str]:
             os.environ[key] = value
             applied[key] = value
     return applied
+
+
+def apply_in_process() -> dict[str, str]:
+    """:func:`apply_prefect_defaults`, and when Prefect has already read its settings (a flow run launched by a
+    worker imports Prefect before the flow's module), make Prefect read them again so that they take effect."""
+    applied = apply_prefect_defaults()
+    if applied and "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+    return applied
+
+
+def deployment_env() -> dict[str, str]:
+    """What ``medtune deploy`` writes into every deployment's job variables (``env``)."""
+    return {**result_storage_env(), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds())}
+
+
+def enter_shared_location(checkout: str | None = None) -> dict[str, str]:
+    """Pull step of every deployment: make this checkout's code importable, then work in the shared location.
+
+    With ``MEDTUNE_SHARED_DIR`` set (on the worker), the flow run's working folder is that folder (created if
+    missing), so relative paths in parameters (outputs, and inputs written by earlier flows) mean the same files
+    on every machine. Unset: the checkout (one machine). Returns ``{"directory": ...}`` as Prefect's steps do.
+    """
+    if checkout and Path(checkout).is_dir() and checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    shared = get_settings().shared_dir
+    if shared is not None:
+        directory = shared.expanduser().absolute()
+        directory.mkdir(parents=True, exist_ok=True)
+    elif checkout and Path(checkout).is_dir():
+        directory = Path(checkout)
+        log.info("MEDTUNE_SHARED_DIR is unset: this run works in %s (outputs stay on this machine)", directory)
+    else:
+        directory = Path.cwd()
+    os.chdir(directory)
+    return {"directory": str(directory)}
