@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from flows.cli_common import fail, setup_logging, user_errors
-from medtune_core.errors import MedtuneError
 
 app = typer.Typer(help="medtune: fine-tuning factory for medical language models.", no_args_is_help=True)
 models_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
@@ -118,53 +117,6 @@ def models_materialize(
 # ---------------------------------------------------------------------------------------------- flows
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``a.b=value`` pairs → nested dict; values are parsed as YAML (``3`` int, ``[a, b]`` list, ``x`` str)."""
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise MedtuneError(f"--set {pair!r}: expected key=value")
-        key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
-        node = result
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise MedtuneError(f"--set {pair!r}: {part} is not a mapping")
-        node[leaf] = value
-    return result
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def build_params(model: Any, config: Path | None, overrides: list[str]) -> Any:
-    """Validate a recipe plus overrides against a flow's parameter model; raise with every problem listed."""
-    from pydantic import ValidationError
-
-    data: dict[str, Any] = {}
-    if config is not None:
-        loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise MedtuneError(f"{config}: expected a mapping of parameters at the top level")
-        data = loaded.get("params", loaded)
-    data = deep_merge(data, parse_overrides(overrides))
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        where = str(config) if config else "parameters"
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise MedtuneError(f"{where}: {problems}") from None
-
-
 @app.command()
 def flows() -> None:
     """List the flows ``medtune run`` can start."""
@@ -179,34 +131,93 @@ def run(
     flow_name: Annotated[str, typer.Argument(metavar="FLOW", help="Flow name (see `medtune flows`).")],
     config: Annotated[Path | None, typer.Option("--config", help="YAML recipe of parameters.")] = None,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a parameter: dotted.key=value (repeatable).")
+        list[str] | None,
+        typer.Option("--set", help="Override a parameter: dotted.key=value, list items by index (repeatable)."),
     ] = None,
 ) -> None:
-    """Run a flow; the last line printed is ``{"flow", "flow_run_id", "state", "outputs"}`` as JSON."""
+    """Run a flow; the last line printed is ``{"flow", "flow_run_id", "state", "outputs"}`` as JSON.
+
+    Exit status: 0 completed, 1 the run failed, 2 bad parameters (nothing ran), 130/143 cancelled by
+    Ctrl-C/SIGTERM (the run is marked Cancelled and the summary line still printed).
+    """
+    import signal as signals
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows.interrupt import CancelOnSignal, ephemeral_server
+    from flows.params import build_params
     from flows.registry import load_flow
 
     with user_errors(code=2):
         flow_obj, model = load_flow(flow_name)
         params = build_params(model, config, overrides or [])
-    state = flow_obj(params=params, return_state=True)
+    with ephemeral_server(), CancelOnSignal(lambda c: _report_cancelled(flow_name, c, timed_out=True)) as cancel:
+        try:
+            state = flow_obj.with_options(on_running=[*flow_obj.on_running_hooks, cancel.remember_run])(
+                params=params, return_state=True
+            )
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt | TerminationSignal):
+                raise
+            cancel.stopped_by(getattr(exc, "signum", None) or getattr(exc, "signal", signals.SIGINT))
+    if cancel.cancelled:
+        _report_cancelled(flow_name, cancel)
     outputs: Any = {}
     error = None
     if state.is_completed():
         outputs = state.result(raise_on_failure=False)
     else:
         error = state.message
-    summary = {
-        "flow": flow_name,
-        "flow_run_id": str(state.state_details.flow_run_id),
-        "state": state.type.value,
-        "outputs": outputs,
-    }
-    if error:
-        summary["error"] = error
-    sys.stdout.flush()
-    typer.echo(json.dumps(summary, ensure_ascii=False, default=str))
+    _print_summary(flow_name, str(state.state_details.flow_run_id), state.type.value, outputs, error)
     if not state.is_completed():
         raise typer.Exit(1)
+
+
+def _print_summary(flow_name: str, run_id: str | None, state: str, outputs: Any, error: str | None = None) -> None:
+    summary: dict[str, Any] = {"flow": flow_name, "flow_run_id": run_id, "state": state, "outputs": outputs}
+    if error:
+        summary["error"] = error
+    sys.stderr.flush()
+    sys.stdout.flush()
+    typer.echo(json.dumps(summary, ensure_ascii=False, default=str))
+    sys.stdout.flush()
+
+
+def _report_cancelled(flow_name: str, cancel: Any, timed_out: bool = False) -> None:
+    """Mark the run Cancelled, print the summary line once, leave (``os._exit``: stuck worker threads are not
+    waited for). Called by the CLI after the flow unwound, or by the watchdog when that takes too long."""
+    import signal as signals
+
+    from flows.interrupt import exit_code, leave_now, mark_cancelled
+
+    signum = cancel.signum or signals.SIGINT
+    if not _REPORTING.acquire(timeout=1.5 if timed_out else -1):
+        leave_now(exit_code(signum))  # the other path is reporting and stuck: leave anyway
+    reason = f"cancelled by {signals.Signals(signum).name}"
+    state = "CANCELLED"
+    if timed_out:
+        reason += "; the flow's clean-up did not finish in time"
+    if cancel.flow_run_id is not None:
+        marked: list[str] = []
+
+        def mark() -> None:
+            try:
+                marked.append(mark_cancelled(cancel.flow_run_id, reason))
+            except Exception as exc:  # the server is gone: say so, the summary line is still owed
+                log.error("could not mark flow run %s cancelled: %s", cancel.flow_run_id, exc)
+
+        marking = threading.Thread(target=mark, daemon=True)
+        marking.start()
+        marking.join(timeout=2.0 if timed_out else 30.0)
+        state = marked[0] if marked else state
+    run_id = str(cancel.flow_run_id) if cancel.flow_run_id else None
+    _print_summary(flow_name, run_id, state, {}, reason)
+    cancel.finished()
+    leave_now(exit_code(signum))
+
+
+#: One cancellation report per process (the CLI's and the watchdog's paths may race).
+_REPORTING = threading.Lock()
 
 
 @app.command()
