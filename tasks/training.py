@@ -2,7 +2,15 @@
 
 The cache key is content-based (:data:`tasks.caching.CONTENT_AWARE`): the resolved base-model folder (hashed by
 its files, so a re-merged previous stage with new weights is a new key), the stage name and its whole config
-(training files hashed by content). Re-running a failed pipeline therefore skips every finished stage.
+(training files, chat template, reward models hashed by content). Re-running a failed pipeline therefore skips
+every finished stage. The same inputs make the stage's identity in the core (:mod:`medtune_core.training.identity`),
+which decides what the stage's folder is worth when the task does run.
+
+A cached result names folders. :func:`train_stage` checks them before handing the result on
+(:func:`stage_outputs_current`: the folder still holds the finished stage of that identity, the adapter is the
+one trained, ``merged/`` is a merge of it) and runs the task again when not: the core then reuses what is intact
+(a deleted ``merged/`` is merged again, nothing retrains) and retrains what is not. ``force`` retrains even a
+finished stage; it is not part of the cache key (the forced result replaces the cached one).
 
 When ``cuda_deployment`` is given (e.g. ``train-stage/cuda``, the ``train-stage`` flow on the ``medtune-cuda``
 pool), the stage runs there through ``run_deployment``; Prefect returns a failed child run without raising, so
@@ -16,9 +24,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prefect.cache_policies import TASK_SOURCE
+
 from medtune_core.errors import MedtuneError
 from medtune_core.training import StageResult, get_stage, merged_model_of, resolve_model_ref
+from medtune_core.training.identity import StageState
+from medtune_core.training.merge import merged_is_current
 from tasks.base import medtune_task
+from tasks.caching import ContentInputs
 
 
 def resolve_base(model: str) -> Path:
@@ -39,6 +52,14 @@ def with_input_files(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("chat_template", "reward_model"):
         if isinstance(out.get(key), str) and Path(out[key]).exists():
             out[key] = Path(out[key])
+    if isinstance(out.get("rewards"), list):
+        rewards = []
+        for spec in out["rewards"]:
+            options = dict(spec.get("options") or {})
+            if isinstance(options.get("path"), str) and Path(options["path"]).exists():
+                options["path"] = Path(options["path"])
+            rewards.append({**spec, "options": options})
+        out["rewards"] = rewards
     if isinstance(out.get("extend_vocab"), dict):
         ext = dict(out["extend_vocab"])
         if ext.get("words_file"):
@@ -52,19 +73,19 @@ def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
-def run_stage_here(stage: str, config: dict[str, Any], merge: bool) -> dict[str, Any]:
-    result = get_stage(stage).run(config)
+def run_stage_here(stage: str, config: dict[str, Any], merge: bool, force: bool = False) -> dict[str, Any]:
+    result = get_stage(stage).run(_jsonable(config), force=force)
     out = result.to_dict()
     if merge and (result.adapter_dir is not None or result.model_dir is not None):
         out["merged_dir"] = str(merged_model_of(result))
     return out
 
 
-def _dispatch(deployment: str, stage: str, config: dict[str, Any], merge: bool) -> dict[str, Any]:
-    from prefect.deployments import run_deployment
+def _dispatch(deployment: str, stage: str, config: dict[str, Any], merge: bool, force: bool) -> dict[str, Any]:
+    from tasks.dispatch import run_child
 
-    params = {"params": {"stage": stage, "config": _jsonable(config), "merge": merge}}
-    run = run_deployment(deployment, parameters=params, timeout=None)
+    params = {"params": {"stage": stage, "config": _jsonable(config), "merge": merge, "force": force}}
+    run = run_child(deployment, params)  # bounded wait for a worker, logged (never a silent wait)
     state = run.state
     if state is None or not state.is_completed():
         name = state.name if state is not None else "unknown"
@@ -78,16 +99,57 @@ def _dispatch(deployment: str, stage: str, config: dict[str, Any], merge: bool) 
     return out
 
 
-@medtune_task(name="train-stage", retry="gpu", tags=["training"])
+@medtune_task(
+    name="train-stage", retry="gpu", tags=["training"], cache_policy=TASK_SOURCE + ContentInputs(exclude=["force"])
+)
 def train_stage_task(
     stage: str,
     config: dict[str, Any],
     base: Path,
     merge: bool = True,
     cuda_deployment: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train one stage (config as a dict, ``model`` already resolved to ``base``); returns its result dict."""
     config = {**config, "model": str(base)}
     if cuda_deployment:
-        return _dispatch(cuda_deployment, stage, config, merge)
-    return run_stage_here(stage, config, merge)
+        return _dispatch(cuda_deployment, stage, config, merge, force)
+    return run_stage_here(stage, config, merge, force)
+
+
+def stage_outputs_current(result: dict[str, Any]) -> bool:
+    """Whether a (cached) stage result still describes its folder: the finished stage of the same identity, the
+    adapter or model it trained (content hash), and a ``merged/`` made from that adapter."""
+    state = StageState(result["output_dir"]).read()
+    if not result.get("identity") or state.get("identity") != result["identity"] or state.get("status") != "done":
+        return False
+    produced = result.get("adapter_dir") or result.get("model_dir")
+    if not produced or not Path(produced).is_dir() or state.get("output_sha256") != result.get("output_sha256"):
+        return False
+    from medtune_core.hashing import path_sha256
+
+    if path_sha256(produced) != result.get("output_sha256"):
+        return False
+    merged = result.get("merged_dir")
+    if merged and result.get("adapter_dir"):
+        return merged_is_current(result["adapter_dir"], merged)
+    return not merged or Path(merged).is_dir()
+
+
+def train_stage(
+    stage: str,
+    config: dict[str, Any],
+    base: Path,
+    merge: bool = True,
+    cuda_deployment: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """:func:`train_stage_task`, run again (its cache refreshed) when forced or when a cached result names
+    outputs that are gone or altered (:func:`stage_outputs_current`)."""
+    args = (stage, config, base, merge, cuda_deployment)
+    if force:
+        return train_stage_task.with_options(refresh_cache=True)(*args, force=True)
+    result = train_stage_task(*args)
+    if not stage_outputs_current(result):
+        result = train_stage_task.with_options(refresh_cache=True)(*args)
+    return result

@@ -7,8 +7,16 @@
 
 :func:`build_reward_functions` turns ``[{"name", "weight", "options"}]`` into callables and weights for GRPO/RLOO
 (TRL combines them as the weighted sum; default ``R = 0.6 x rules + 0.4 x teacher``). A teacher that cannot
-be built (no endpoint or key) is dropped with an ERROR log, and the remaining rewards carry the run: there is
-no silent mock. :func:`combine` gives the same weighted sum as one function, for evaluation.
+be had at start (no endpoint or key, unreachable, key refused) fails the stage when its options say
+``required: true``; otherwise it is left out with a WARNING and listed in the stage's metrics
+(``rewards_left_out``). There is no silent mock.
+
+A value a reward cannot compute for one sample (a lost teacher judgement) is ``None``. TRL sums the weighted
+components with ``nansum``, which scores that sample as if the teacher had given 0 while its group peers get
+their teacher grade: the worst grade for a network error. :class:`GroupMaskedReward` instead leaves the component
+out for the sample's whole group (the completions of one prompt, compared with each other), so the group is
+compared on the components every member has, and counts what it left out. :func:`combine` gives the weighted
+sum as one function, for evaluation.
 """
 
 from __future__ import annotations
@@ -84,13 +92,49 @@ def register_reward(name: str, factory: Callable[..., RewardFunc]) -> None:
     REWARDS[name] = factory
 
 
+class GroupMaskedReward:
+    """A reward function whose missing values (None / NaN) leave it out of the sample's whole group.
+
+    TRL calls a reward with the process' generation batch, in which the ``group_size`` completions of one prompt
+    are consecutive (the stage requires per-device batch x accumulation to be a multiple of the group).
+    """
+
+    def __init__(self, func: RewardFunc, name: str, group_size: int) -> None:
+        self.func, self.group_size, self.__name__ = func, group_size, name
+        self.samples = self.missing = self.groups = self.groups_left_out = 0
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+        values: list[float | None] = list(self.func(prompts, completions, **kwargs))
+        missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+        self.samples += len(values)
+        self.missing += sum(missing)
+        for start in range(0, len(values), self.group_size):
+            self.groups += 1
+            if any(missing[start : start + self.group_size]):
+                self.groups_left_out += 1
+                values[start : start + self.group_size] = [None] * len(values[start : start + self.group_size])
+        return values
+
+    def report(self) -> dict[str, Any]:
+        out = {
+            "samples": self.samples,
+            "missing": self.missing,
+            "groups": self.groups,
+            "groups_left_out": self.groups_left_out,
+        }
+        inner = getattr(self.func, "report", None)
+        return {**out, **inner()} if callable(inner) else out
+
+
 def build_reward_functions(
     specs: Sequence[Any],
     *,
     reward_model: str | Path | None = None,
     judgements_path: str | Path | None = None,
+    left_out: list[dict[str, Any]] | None = None,
 ) -> list[BuiltReward]:
-    """Reward functions for ``specs`` (objects or dicts with name, weight, options)."""
+    """Reward functions for ``specs`` (objects or dicts with name, weight, options); a teacher that cannot be had
+    is left out (and appended to ``left_out``) unless its options say ``required: true``."""
     built: list[BuiltReward] = []
     for spec in specs:
         spec = spec if isinstance(spec, dict) else spec.model_dump()
@@ -104,13 +148,17 @@ def build_reward_functions(
                 judgements_path=Path(judgements_path) if judgements_path else None,
             )
         except TeacherUnavailable as exc:
-            log.error(
-                "TEACHER UNAVAILABLE: %s. The teacher reward (weight %.2f) is LEFT OUT of this run; the remaining "
-                "rewards (%s) are used. No mock teacher is substituted.",
+            if options.get("required"):
+                raise MedtuneError(f"reward {name} is required but unavailable: {exc}") from None
+            log.warning(
+                "TEACHER UNAVAILABLE: %s. The %s reward (weight %.2f) is LEFT OUT of this run; the remaining "
+                "rewards are used. No mock teacher is substituted (set options.required: true to fail instead).",
                 exc,
+                name,
                 weight,
-                ", ".join(str(s["name"] if isinstance(s, dict) else s.name) for s in specs if s is not spec) or "none",
             )
+            if left_out is not None:
+                left_out.append({"name": name, "weight": weight, "reason": str(exc)})
             continue
         if not getattr(func, "__name__", None):
             func.__name__ = name  # type: ignore[attr-defined]
@@ -140,6 +188,7 @@ def combine(funcs: Sequence[RewardFunc], weights: Sequence[float]) -> RewardFunc
 __all__ = [
     "REWARDS",
     "BuiltReward",
+    "GroupMaskedReward",
     "Judgement",
     "JudgementStore",
     "LengthReward",

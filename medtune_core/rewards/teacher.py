@@ -8,9 +8,14 @@ weighted mean scaled to 0..1.
 
 Judgements are cached per (teacher model, rubric, prompt, completion) in a JSONL file (seed 3's
 ``teacher_judgements.jsonl``): a judgement is never requested twice, also across runs and resumes. A sample
-whose judgement cannot be had (server down, timeouts, invalid answers twice) gets ``None``: TRL then uses
-the remaining reward functions for it, and the run logs an error saying how many were lost. There is no
-mock teacher: without an endpoint and key the teacher is not built and the run says so loudly.
+whose judgement cannot be had (server down, timeouts, invalid answers twice) gets ``None``: the stage leaves
+the teacher out of that sample's whole group comparison (see :class:`medtune_core.rewards.GroupMaskedReward`)
+and reports how many were lost. There is no mock teacher.
+
+Before training the teacher is probed once (``GET /models``, free, no retries, ``probe_timeout_s``): no endpoint,
+no key for a remote endpoint, a refused key or an unreachable server raise :class:`TeacherUnavailable` before a
+single step burns its timeouts. After ``max_failed_calls`` calls in a row in which not one judgement could be had,
+the teacher stops being asked for the rest of the run (WARNING, counted in the stage's metrics).
 """
 
 from __future__ import annotations
@@ -164,6 +169,14 @@ class TeacherConfig(BaseModel):
     backoff_base_s: float = Field(0.5, ge=0)
     temperature: float = 0.0
     max_tokens: int = 256
+    probe_timeout_s: float = Field(10.0, gt=0, description="the reachability check before training")
+    max_failed_calls: int = Field(2, ge=1, description="calls in a row without one judgement before giving up")
+
+
+def _is_local(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    return (urlparse(url).hostname or "") in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
 
 def _run(coro: Any) -> Any:
@@ -214,6 +227,36 @@ class TeacherJudge:
         )
         self.requested = 0
         self.failed = 0
+        self.failed_calls_in_a_row = 0
+        self.given_up = False
+
+    def probe(self) -> None:
+        """Raise :class:`TeacherUnavailable` unless the endpoint answers and accepts the key (``GET /models``)."""
+        import openai
+
+        key = self.config.api_key.get_secret_value() if self.config.api_key else ""
+        if not key and not _is_local(str(self.config.base_url)):
+            raise TeacherUnavailable(f"no API key for the teacher endpoint {self.config.base_url}")
+        client = openai.OpenAI(
+            base_url=self.config.base_url, api_key=key or "EMPTY", timeout=self.config.probe_timeout_s, max_retries=0
+        )
+        try:
+            client.models.list()
+        except openai.APIConnectionError as exc:  # refused, DNS, timeout
+            raise TeacherUnavailable(
+                f"teacher endpoint {self.config.base_url} unreachable: {type(exc).__name__}"
+            ) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise TeacherUnavailable(
+                f"teacher endpoint {self.config.base_url} refused the key ({exc.status_code})"
+            ) from None
+        except openai.APIStatusError:
+            pass  # reachable; some OpenAI-compatible servers have no /models
+        finally:
+            client.close()
+
+    def report(self) -> dict[str, Any]:
+        return {"requested": self.requested, "failed": self.failed, "given_up": self.given_up}
 
     @classmethod
     def from_options(cls, options: dict[str, Any], judgements_path: str | Path | None = None) -> TeacherJudge:
@@ -222,7 +265,7 @@ class TeacherJudge:
 
         from medtune_core.settings import get_settings
 
-        opts = dict(options)
+        opts = {k: v for k, v in options.items() if k not in ("required", "probe", "judgements_path")}
         key_env = opts.pop("api_key_env", None)
         s = get_settings()
         base_url = opts.get("base_url") or s.default_base_url()
@@ -235,7 +278,10 @@ class TeacherJudge:
                 "no teacher endpoint or key (set OPENAI_BASE_URL + OPENAI_API_KEY, or DEEPSEEK_API_KEY, "
                 "or the teacher reward's options.base_url)"
             )
-        return cls(TeacherConfig.model_validate(opts), judgements_path)
+        judge = cls(TeacherConfig.model_validate(opts), judgements_path)
+        if options.get("probe", True):
+            judge.probe()
+        return judge
 
     async def _run_many(self, requests: list[Any]) -> list[Any]:
         try:
@@ -252,6 +298,8 @@ class TeacherJudge:
 
         texts = [(prompt_text(p), completion_text(c)) for p, c in zip(prompts, completions, strict=True)]
         keys = [judgement_key(self.config.model, self.config.rubric, p, c) for p, c in texts]
+        if self.given_up:
+            return [self.score(row) if (row := self.store.get(k)) is not None else None for k in keys]
         asked, lost = self.store.judge_missing(
             zip(keys, texts, strict=True),
             model=self.config.model,
@@ -263,12 +311,18 @@ class TeacherJudge:
         self.requested += asked
         if lost:
             self.failed += len(lost)
-            log.error(
-                "TEACHER: %d of %d judgements could not be had (%s); those samples are scored by the other "
-                "rewards only",
+            log.warning(
+                "TEACHER: %d of %d judgements could not be had (%s); the teacher is left out of those samples' groups",
                 len(lost),
                 asked,
                 lost[0],
+            )
+        self.failed_calls_in_a_row = self.failed_calls_in_a_row + 1 if asked and len(lost) == asked else 0
+        if self.failed_calls_in_a_row >= self.config.max_failed_calls:
+            self.given_up = True
+            log.warning(
+                "TEACHER: %d calls in a row without a single judgement: not asked again in this run",
+                self.failed_calls_in_a_row,
             )
         out: list[float | None] = []
         for k in keys:

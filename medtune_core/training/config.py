@@ -8,6 +8,8 @@ and padding-free packing for SFT; ``logging_steps=1``; TensorBoard on.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,6 +34,36 @@ class Launcher(StrEnum):
 
 #: Shipped DeepSpeed configs (``medtune_core/recipes/deepspeed``) by short name.
 DEEPSPEED_PRESETS = ("zero2", "zero3")
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+DEEPSPEED_DIR = RECIPES / "deepspeed"
+
+
+def deepspeed_config_path(value: str | Path) -> Path:
+    """``zero2`` / ``zero3`` (shipped) or a DeepSpeed JSON file that must exist."""
+    from medtune_core.errors import MedtuneError
+
+    if str(value) in DEEPSPEED_PRESETS:
+        return DEEPSPEED_DIR / f"{value}.json"
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise MedtuneError(f"deepspeed config {value} not found (use zero2, zero3 or a .json file)")
+    return path
+
+
+def qlora_unavailable() -> str | None:
+    """Why QLoRA cannot run here (no CUDA GPU, no bitsandbytes), or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "adapter qlora needs a CUDA GPU (bitsandbytes 4/8-bit) and none is visible; use lora on CPU"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "adapter qlora needs the bitsandbytes package (pip install 'medtune[gpu]')"
+    return None
+
+
+def _path_str(v: Any) -> Any:
+    """A path given as ``Path`` (e.g. by a task that hashes it by content) is the same setting as its string."""
+    return str(v) if isinstance(v, os.PathLike) else v
 
 
 class ChainMode(StrEnum):
@@ -105,6 +137,15 @@ class StageConfig(BaseModel):
     )
     num_processes: int = Field(1, ge=1, description="processes (GPUs) for accelerate / torchrun")
     deepspeed: str | None = Field(None, description="zero2 | zero3 (shipped configs) or a DeepSpeed JSON file")
+    merge_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the merged model: auto = the training dtype (bf16 on a GPU that has it)"
+    )
+    convert_data: bool = Field(
+        False, description="accept records of another kind and convert them (e.g. preference pairs to SFT chats)"
+    )
+    max_dropped_share: float = Field(
+        0.2, ge=0, le=1, description="fail when more than this share of samples is dropped for length"
+    )
 
     @field_validator("train_files", "eval_files", mode="before")
     @classmethod
@@ -112,6 +153,11 @@ class StageConfig(BaseModel):
         if isinstance(v, (str, Path)):
             return [v]
         return v
+
+    @field_validator("chat_template", "deepspeed", "model", mode="before")
+    @classmethod
+    def _path_to_str(cls, v: Any) -> Any:
+        return _path_str(v)
 
     @model_validator(mode="after")
     def _common_checks(self) -> StageConfig:
@@ -314,6 +360,17 @@ class OnlineRLConfig(StageConfig):
     high_risk_first: bool = Field(True, description="order prompts by meta.risk_level, highest first")
     judgements_path: Path | None = Field(None, description="teacher judgements cache (JSONL)")
     reward_model: str | None = Field(None, description="reward model folder (set by a preceding rm stage)")
+    fail_on_no_signal: bool = Field(
+        False, description="fail the stage when the reward has zero variance within groups over most steps"
+    )
+    no_signal_share: float = Field(
+        0.5, ge=0, le=1, description="share of steps without reward variance above which the stage learned nothing"
+    )
+
+    @field_validator("reward_model", mode="before")
+    @classmethod
+    def _rm_str(cls, v: Any) -> Any:
+        return _path_str(v)
 
     @model_validator(mode="after")
     def _rl_checks(self) -> OnlineRLConfig:

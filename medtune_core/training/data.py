@@ -11,7 +11,10 @@ Every stage names the kind of rows it needs:
   columns reach reward functions as keyword arguments)
 
 Files are read with :class:`~medtune_core.dataio.DatasetReader` (strict: a bad row stops the run with
-``path:line: field: problem`` before anything is trained).
+``path:line: field: problem`` before anything is trained). A record of another kind than the stage trains on is
+refused the same way (a preference file given to SFT would otherwise train on prompt + chosen without a word)
+unless the stage asks for the conversion (``convert_data: true``). Conversions that are the documented way to
+feed a stage are always accepted: anything to ``text`` (PT), chats and preference pairs to ``prompt`` (GRPO/RLOO).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.dataio import DatasetReader
-from medtune_core.errors import MedtuneError
+from medtune_core.errors import MedtuneError, RecordError
 from medtune_core.formats import Conversation, Message, PreferencePair, RecordKind, TextDocument, to_kind
 
 KINDS = ("text", "chat", "preference", "unpaired", "prompt")
@@ -47,9 +50,26 @@ def risk_score(extra: dict[str, Any]) -> int:
     return RISK_LEVELS.get(text, 0)
 
 
+#: Record kinds each data kind takes as they are; anything else needs ``convert_data``.
+NATIVE = {
+    "text": {RecordKind.TEXT, RecordKind.CHAT, RecordKind.PREFERENCE, RecordKind.MCQ},
+    "chat": {RecordKind.CHAT},
+    "preference": {RecordKind.PREFERENCE},
+    "unpaired": {RecordKind.PREFERENCE},
+    "prompt": {RecordKind.CHAT, RecordKind.PREFERENCE},
+}
+
+
 def iter_records(files: Iterable[str | Path]) -> Iterator[Any]:
     for f in files:
         yield from DatasetReader(f)
+
+
+def iter_located(files: Iterable[str | Path]) -> Iterator[tuple[Path, int, Any]]:
+    """``(file, line, record)`` for every record of ``files``."""
+    for f in files:
+        for line, record in DatasetReader(f).iter_with_lines():
+            yield Path(f), line, record
 
 
 def _row(record: Any, kind: str) -> list[dict[str, Any]]:
@@ -96,14 +116,27 @@ def load_rows(
     *,
     max_samples: int | None = None,
     high_risk_first: bool = False,
+    convert: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows of ``kind`` from ``files`` (in file order; prompts highest risk first when asked)."""
+    """Rows of ``kind`` from ``files`` (in file order; prompts highest risk first when asked).
+
+    A record of a kind the stage does not take as it is fails with ``file:line`` unless ``convert`` is set.
+    """
     files = list(files)
     if not files:
         raise MedtuneError(f"no training files given for {kind} data")
     rows: list[dict[str, Any]] = []
-    for record in iter_records(files):
-        rows.extend(_row(record, kind))
+    native = NATIVE.get(kind, set())
+    for path, line, record in iter_located(files):
+        if record.kind not in native and (not convert or kind in ("preference", "unpaired")):
+            hint = "; set convert_data: true to convert it" if kind not in ("preference", "unpaired") else ""
+            raise RecordError(
+                path, line, "kind", f"a {record.kind.value} record, but this stage trains on {kind} data{hint}"
+            )
+        try:
+            rows.extend(_row(record, kind))
+        except MedtuneError as exc:
+            raise RecordError(path, line, "kind", str(exc)) from None
         if max_samples is not None and len(rows) >= max_samples:
             rows = rows[:max_samples]
             break

@@ -2,7 +2,9 @@
 
 The merged folder loads with plain ``AutoModelForCausalLM`` (or ``AutoModelForSequenceClassification`` for a
 reward model) and carries the exact chat template it was trained with (``chat_template.jinja`` plus
-``medtune_template.json``), so inference cannot silently pick another one.
+``medtune_template.json``), so inference cannot silently pick another one. ``medtune_merge.json`` records the
+adapter's content hash: :func:`merged_is_current` tells a merge of the current adapter from a stale one.
+The model is saved in ``dtype`` (a stage passes its training dtype: bf16 on a GPU that has it, float32 on CPU).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from medtune_core.errors import MedtuneError
+from medtune_core.hashing import path_sha256
 from medtune_core.training.templates import TEMPLATE_FILE, TEMPLATE_INFO
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,12 @@ def merge_adapter(
     *,
     base_model: str | Path | None = None,
     sequence_classification: bool | None = None,
+    dtype: str = "float32",
 ) -> Path:
-    """Merge ``adapter_dir`` into its base and save a full float32 model to ``output_dir`` (atomically)."""
+    """Merge ``adapter_dir`` into its base and save a full model in ``dtype`` to ``output_dir`` (atomically).
+
+    The merge itself runs in float32 (adding a low-rank update to bf16 weights would round it away); only the
+    saved weights are cast."""
     import torch
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -56,6 +63,7 @@ def merge_adapter(
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model = model.to(getattr(torch, dtype))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and not sequence_classification:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -67,9 +75,31 @@ def merge_adapter(
         if (adapter_dir / name).is_file():
             shutil.copy2(adapter_dir / name, staging / name)
     (staging / "medtune_merge.json").write_text(
-        json.dumps({"adapter": str(adapter_dir), "base_model": str(base)}, indent=2) + "\n"
+        json.dumps(
+            {
+                "adapter": str(adapter_dir),
+                "adapter_sha256": path_sha256(adapter_dir),
+                "base_model": str(base),
+                "dtype": dtype,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(staging, output_dir)
     log.info("merged %s into %s -> %s", adapter_dir, base, output_dir)
     return output_dir
+
+
+def merged_is_current(adapter_dir: str | Path, merged_dir: str | Path) -> bool:
+    """Whether ``merged_dir`` is a complete merge of ``adapter_dir`` as it is now (recorded adapter hash)."""
+    merged_dir = Path(merged_dir)
+    info = merged_dir / "medtune_merge.json"
+    if not (merged_dir / "config.json").is_file() or not info.is_file():
+        return False
+    try:
+        recorded = json.loads(info.read_text()).get("adapter_sha256")
+    except ValueError:
+        return False
+    return recorded == path_sha256(adapter_dir)

@@ -147,3 +147,17 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     from medtune_core.dataio import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(metrics, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def reward_signal(log_history: list[dict[str, Any]], limit: float) -> dict[str, Any]:
+    """Whether an online RL stage's reward told completions apart: TRL logs ``frac_reward_zero_std`` per step (the
+    share of groups whose completions all got the same reward, so their advantages are 0 and nothing is learned).
+    ``no_signal`` when more than ``limit`` of the steps had no group with any variance."""
+    fracs = [float(e["frac_reward_zero_std"]) for e in log_history if "frac_reward_zero_std" in e]
+    flat = sum(1 for f in fracs if f >= 1.0 - 1e-9)
+    return {
+        "steps": len(fracs),
+        "steps_without_signal": flat,
+        "mean_frac_reward_zero_std": round(sum(fracs) / len(fracs), 4) if fracs else None,
+        "no_signal": bool(fracs) and flat / len(fracs) > limit,
+    }

@@ -18,7 +18,7 @@ from typing import Any
 
 from medtune_core.errors import MedtuneError
 from medtune_core.training.config import ChainMode, OnlineRLConfig, StageConfig
-from medtune_core.training.merge import merge_adapter
+from medtune_core.training.merge import merge_adapter, merged_is_current
 from medtune_core.training.runner import StageResult
 from medtune_core.training.stages import get_stage
 
@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def merged_model_of(result: StageResult) -> Path:
-    """A loadable full model for a stage's result, merging its adapter once (``<output_dir>/merged``)."""
+    """A loadable full model for a stage's result: ``<output_dir>/merged``, merged again whenever it is missing or
+    was made from another adapter than the current one (its recorded adapter hash)."""
     if result.model_dir is not None:
         return result.model_dir
     if result.adapter_dir is None:
         raise MedtuneError(f"stage {result.stage} produced neither a model nor an adapter")
     target = result.output_dir / "merged"
-    if not (target / "config.json").is_file():
-        merge_adapter(result.adapter_dir, target, sequence_classification=result.is_reward_model)
+    if not merged_is_current(result.adapter_dir, target):
+        merge_adapter(
+            result.adapter_dir, target, sequence_classification=result.is_reward_model, dtype=result.merge_dtype
+        )
     return target
 
 
@@ -52,9 +55,12 @@ def validate_chain(configs: Sequence[StageConfig]) -> None:
         if cfg.stage == "rm" and i == len(configs) - 1 and len(configs) > 1:
             log.info("the chain ends with a reward model; nothing uses it afterwards")
         if isinstance(cfg, OnlineRLConfig):
-            wants_rm = any(r.name == "reward_model" for r in cfg.rewards)
-            if wants_rm and not cfg.reward_model and "rm" not in names[:i]:
-                raise MedtuneError(f"stage {cfg.stage} uses a reward_model reward but no rm stage comes before it")
+            unplaced = any(r.name == "reward_model" and not r.options.get("path") for r in cfg.rewards)
+            if unplaced and not cfg.reward_model and "rm" not in names[:i]:
+                raise MedtuneError(
+                    f"stage {cfg.stage} uses a reward_model reward but no rm stage comes before it; give an "
+                    "existing reward model with the reward's options.path or the stage's reward_model"
+                )
 
 
 def run_chain(

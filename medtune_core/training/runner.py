@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from medtune_core.errors import MedtuneError
-from medtune_core.training.config import AdapterType, Launcher, StageConfig
+from medtune_core.training.config import AdapterType, Launcher, StageConfig, deepspeed_config_path
 from medtune_core.training.metrics import count_tokens_hook, plot_loss_curve, summarise, write_metrics
 from medtune_core.training.templates import prepare_training_template, save_template, training_template_for
 
@@ -52,6 +53,12 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     loss_curve: Path | None = None
     is_reward_model: bool = False
+    #: dtype the merged model is saved in (the training dtype unless the stage's ``merge_dtype`` says otherwise)
+    merge_dtype: str = "float32"
+    #: the stage's identity (:mod:`.identity`) and the content hash of its adapter / model folder
+    identity: str | None = None
+    output_sha256: str | None = None
+    device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -59,7 +66,8 @@ class StageResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageResult:
         paths = {"output_dir", "base_model", "adapter_dir", "model_dir", "loss_curve"}
-        return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -73,6 +81,16 @@ class Runtime:
         import torch
 
         return torch.bfloat16 if self.bf16 else torch.float32
+
+    def describe(self) -> str:
+        """``cuda:0 (NVIDIA H100, bf16)`` or ``cpu (float32)``: what the stage trains on, for logs and metrics."""
+        precision = "bf16" if self.bf16 else "float32"
+        if not self.cuda:
+            return f"cpu ({precision})"
+        import torch
+
+        index = int(os.environ.get("LOCAL_RANK", 0))
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)}, {precision})"
 
 
 @dataclass
@@ -111,8 +129,12 @@ def resolve_runtime(config: StageConfig) -> Runtime:
     if config.device == "cuda" and not has_cuda:
         raise MedtuneError("device: cuda was asked for, but no CUDA GPU is visible")
     cuda = has_cuda and config.device != "cpu"
-    if config.adapter.type is AdapterType.QLORA and not cuda:
-        raise MedtuneError("adapter qlora needs a CUDA GPU (bitsandbytes 4/8-bit); use lora on CPU")
+    if config.adapter.type is AdapterType.QLORA:
+        from medtune_core.training.config import qlora_unavailable
+
+        problem = qlora_unavailable() if cuda else "adapter qlora needs a CUDA GPU (bitsandbytes 4/8-bit); use lora"
+        if problem:
+            raise MedtuneError(problem)
     if not cuda:
         if config.bf16:
             log.warning("bf16 requested on CPU: training in float32 instead (bf16 is ~16x slower on CPU here)")
@@ -269,8 +291,6 @@ def training_args_kwargs(config: StageConfig, runtime: Runtime, checkpoints: Pat
     if has_eval and config.eval_steps:
         kw["eval_steps"] = config.eval_steps
     if config.deepspeed:
-        from medtune_core.training.launch import deepspeed_config_path
-
         kw["deepspeed"] = str(deepspeed_config_path(config.deepspeed))
     if config.launcher is not Launcher.INPROCESS:
         kw["ddp_find_unused_parameters"] = False  # frozen base weights are not "unused"; the search costs time
@@ -332,6 +352,7 @@ def setup_stage(
         json.dumps({"stage": config.stage, **config.model_dump(mode="json")}, indent=2, ensure_ascii=False) + "\n"
     )
     runtime = resolve_runtime(config)
+    log.info("%s: training on %s", config.stage, runtime.describe())
     model_path = resolve_model_ref(config.model)
     new_token_ids: list[int] = []
     if getattr(config, "extend_vocab", None) is not None:
@@ -399,13 +420,24 @@ def train_and_save(trainer: Any, ctx: StageContext) -> StageResult:
     if not trainer.is_world_process_zero():
         return result  # under a launcher the main process writes metrics and results
     metrics = summarise(trainer.state.log_history, ctx.extra.get("meter"))
-    metrics.update(stage=config.stage, resumed_from=resume_from, data=ctx.stats)
+    metrics.update(stage=config.stage, resumed_from=resume_from, data=ctx.stats, device=ctx.runtime.describe())
+    for hook in ctx.extra.get("report_hooks", []):
+        metrics.update(hook(trainer))
     write_metrics(out / "metrics.json", metrics)
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str) + "\n")
     result.metrics = metrics
     result.loss_curve = plot_loss_curve(trainer.state.log_history, out / "loss_curve.png", f"{config.stage} loss")
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    write_result(result)
     return result
+
+
+def write_result(result: StageResult) -> Path:
+    """``<output_dir>/result.json`` (written to a temporary name and renamed)."""
+    path = Path(result.output_dir) / "result.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def run_stage(config: StageConfig, build_trainer: BuildTrainer, **kwargs: Any) -> StageResult:
@@ -429,17 +461,32 @@ def _save(trainer: Any, ctx: StageContext, out: Path, sequence_classification: b
         adapter_dir=target if is_peft else None,
         model_dir=None if is_peft else target,
         is_reward_model=sequence_classification,
+        merge_dtype=merge_dtype_for(ctx.config, ctx.runtime),
+        device=ctx.runtime.describe(),
     )
+    # Written to a staging folder and renamed: a crash mid-save never leaves a half adapter under the real name.
+    staging = out / f".{target.name}.partial"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
     if trainer.args.world_size > 1 or trainer.is_deepspeed_enabled:
-        trainer.save_model(str(target))  # every process: gathers ZeRO-3 shards; the main process writes
+        trainer.save_model(str(staging))  # every process: gathers ZeRO-3 shards; the main process writes
         if not trainer.is_world_process_zero():
             return result
     else:
-        model.save_pretrained(target)
-    ctx.tokenizer.save_pretrained(target)
+        model.save_pretrained(staging)
+    ctx.tokenizer.save_pretrained(staging)
     if ctx.template:
-        save_template(target, ctx.template)
-    (target / "medtune_base.json").write_text(
+        save_template(staging, ctx.template)
+    (staging / "medtune_base.json").write_text(
         json.dumps({"base_model": str(ctx.model_path), "stage": ctx.config.stage}, indent=2) + "\n"
     )
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
     return result
+
+
+def merge_dtype_for(config: StageConfig, runtime: Runtime) -> str:
+    """The dtype a stage's merged model is saved in: the training dtype unless ``merge_dtype`` names one."""
+    if config.merge_dtype != "auto":
+        return config.merge_dtype
+    return "bfloat16" if runtime.bf16 else "float32"

@@ -10,6 +10,7 @@ among its reward functions, as MedicalGPT itself did in 2026-03.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,18 @@ from medtune_core.training.config import (
     StageConfig,
 )
 from medtune_core.training.data import load_rows, to_dataset
-from medtune_core.training.runner import StageContext, StageResult, setup_stage, train_and_save
+from medtune_core.training.identity import StageState, stage_identity
+from medtune_core.training.launcher import launch_stage
+from medtune_core.training.metrics import reward_signal
+from medtune_core.training.preflight import check_stage_inputs
+from medtune_core.training.runner import (
+    StageContext,
+    StageResult,
+    resolve_model_ref,
+    setup_stage,
+    train_and_save,
+    write_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,77 +69,122 @@ def truncation_stats(lengths: Sequence[int], max_length: int) -> dict[str, Any]:
 def _split_eval(config: StageConfig, kind: str, tokenizer: Any, **kw: Any) -> Any:
     if not config.eval_files:
         return None
-    return to_dataset(load_rows(config.eval_files, kind, **kw))
+    return to_dataset(load_rows(config.eval_files, kind, convert=config.convert_data, **kw))
 
 
-def chat_lengths(tokenizer: Any, rows: Iterable[dict[str, Any]], max_length: int) -> dict[str, Any]:
-    """Token lengths of conversations under the training template, and assistant tokens lost to truncation."""
+def length_to_keep(lengths: Sequence[int], share: float = 0.95) -> int:
+    """The smallest max_length that keeps ``share`` of samples whole."""
+    ordered = sorted(lengths)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)] if ordered else 0
+
+
+def drop_unusable(
+    config: StageConfig, rows: list[dict[str, Any]], lengths: Sequence[int], unusable: Sequence[bool], why: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Drop the samples that cannot train at ``max_length`` (``why`` says what that means for the stage), count
+    them, and fail when more than ``max_dropped_share`` of them go, suggesting a max_length that keeps 95 %."""
+    stats = truncation_stats(lengths, config.max_length)
+    dropped = sum(unusable)
+    share = dropped / len(rows) if rows else 0.0
+    keep95 = length_to_keep(lengths)
+    stats.update(dropped=dropped, dropped_share=round(share, 4), max_length_keeping_95pct=keep95)
+    if dropped and (share > config.max_dropped_share or dropped == len(rows)):
+        raise MedtuneError(
+            f"{config.stage}: {dropped} of {len(rows)} samples ({share:.0%}) {why} at max_length={config.max_length} "
+            f"(longest {stats['longest']} tokens); max_length={keep95} keeps 95% of them "
+            f"(or allow more with max_dropped_share, now {config.max_dropped_share:.0%})"
+        )
+    if dropped:
+        log.warning(
+            "%s: %d of %d samples (%.1f%%) %s at max_length=%d and are left out (max_length=%d keeps 95%%)",
+            config.stage,
+            dropped,
+            len(rows),
+            100 * share,
+            why,
+            config.max_length,
+            keep95,
+        )
+    return [r for r, bad in zip(rows, unusable, strict=True) if not bad], stats
+
+
+def chat_lengths(tokenizer: Any, rows: Iterable[dict[str, Any]], max_length: int) -> tuple[list[int], list[bool]]:
+    """Token length of each conversation under the training template, and whether truncation to ``max_length``
+    leaves it without a single assistant token (a sample that would only add zero-loss steps)."""
     lengths: list[int] = []
-    no_answer_left = 0
+    no_answer: list[bool] = []
     for row in rows:
         enc = tokenizer.apply_chat_template(
             row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
         lengths.append(len(enc["input_ids"]))
         mask = enc.get("assistant_masks")
-        if mask is not None and len(mask) > max_length and not any(mask[:max_length]):
-            no_answer_left += 1
-    stats = truncation_stats(lengths, max_length)
-    stats["samples_without_answer_after_truncation"] = no_answer_left
-    return stats
+        no_answer.append(mask is not None and not any(mask[:max_length]))
+    return lengths, no_answer
 
 
 def prepare_chat(config: StageConfig, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
-    rows = load_rows(config.train_files, "chat", max_samples=config.max_samples)
-    stats = {"truncation": chat_lengths(tokenizer, rows, config.max_length)}
-    t = stats["truncation"]
-    if t["truncated_samples"]:
+    rows = load_rows(config.train_files, "chat", max_samples=config.max_samples, convert=config.convert_data)
+    lengths, no_answer = chat_lengths(tokenizer, rows, config.max_length)
+    rows, stats = drop_unusable(config, rows, lengths, no_answer, "keep no answer token after truncation")
+    stats["samples_without_answer_after_truncation"] = stats["dropped"]
+    if stats["truncated_samples"]:
         log.warning(
-            "sft: %d of %d samples exceed max_length=%d (%d tokens dropped, %d samples lose their whole answer)",
-            t["truncated_samples"],
-            t["samples"],
+            "sft: %d of %d samples exceed max_length=%d (%d tokens cut)",
+            stats["truncated_samples"],
+            stats["samples"],
             config.max_length,
-            t["tokens_dropped"],
-            t["samples_without_answer_after_truncation"],
+            stats["tokens_dropped"],
         )
-    return to_dataset(rows), _split_eval(config, "chat", tokenizer), stats
+    return to_dataset(rows), _split_eval(config, "chat", tokenizer), {"truncation": stats}
 
 
-def _pref_lengths(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, answer_key: str) -> dict[str, Any]:
-    lengths = []
+def _pref_lengths(tokenizer: Any, rows: list[dict[str, Any]], answer_key: str) -> tuple[list[int], list[int]]:
+    """Per row: tokens of the longest prompt + answer, and of the prompt alone (with the generation prompt)."""
+    full, prompt = [], []
     for row in rows:
         answers = [row[k] for k in (answer_key, "rejected") if k in row]
-        text = max(
-            (tokenizer.apply_chat_template(row["prompt"] + a, tokenize=False) for a in answers),
-            key=len,
-        )
-        lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return truncation_stats(lengths, max_length)
+        text = max((tokenizer.apply_chat_template(row["prompt"] + a, tokenize=False) for a in answers), key=len)
+        full.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        head = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        prompt.append(len(tokenizer(head, add_special_tokens=False)["input_ids"]))
+    return full, prompt
+
+
+def _pref_rows(config: StageConfig, tokenizer: Any, kind: str, answer_key: str) -> tuple[list[dict], dict[str, Any]]:
+    """Preference rows with the ones that cannot train at max_length dropped: for ``rm`` every pair longer than
+    max_length (TRL's reward trainer would drop them silently), elsewhere pairs whose prompt leaves no room."""
+    rows = load_rows(config.train_files, kind, max_samples=config.max_samples, convert=config.convert_data)
+    full, prompt = _pref_lengths(tokenizer, rows, answer_key)
+    if config.stage == "rm":
+        unusable, why = [n > config.max_length for n in full], "are longer than max_length"
+    else:
+        unusable, why = [n >= config.max_length for n in prompt], "have a prompt that leaves no room for the answer"
+    return drop_unusable(config, rows, full, unusable, why)
 
 
 def prepare_preference(config: StageConfig, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
-    rows = load_rows(config.train_files, "preference", max_samples=config.max_samples)
-    stats = {"truncation": _pref_lengths(tokenizer, rows, config.max_length, "chosen")}
-    return to_dataset(rows), _split_eval(config, "preference", tokenizer), stats
+    rows, stats = _pref_rows(config, tokenizer, "preference", "chosen")
+    return to_dataset(rows), _split_eval(config, "preference", tokenizer), {"truncation": stats}
 
 
 def prepare_unpaired(config: StageConfig, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
-    rows = load_rows(config.train_files, "unpaired", max_samples=config.max_samples)
+    rows, stats = _pref_rows(config, tokenizer, "unpaired", "completion")
     labels = [r["label"] for r in rows]
     if all(labels) or not any(labels):
         raise MedtuneError("kto needs both desirable and undesirable examples (give preference pairs)")
-    stats = {
-        "desirable": sum(labels),
-        "undesirable": len(labels) - sum(labels),
-        "truncation": _pref_lengths(tokenizer, rows, config.max_length, "completion"),
-    }
-    return to_dataset(rows), _split_eval(config, "unpaired", tokenizer), stats
+    out = {"desirable": sum(labels), "undesirable": len(labels) - sum(labels), "truncation": stats}
+    return to_dataset(rows), _split_eval(config, "unpaired", tokenizer), out
 
 
 def prepare_prompts(config: StageConfig, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
     assert isinstance(config, OnlineRLConfig)
     rows = load_rows(
-        config.train_files, "prompt", max_samples=config.max_samples, high_risk_first=config.high_risk_first
+        config.train_files,
+        "prompt",
+        max_samples=config.max_samples,
+        high_risk_first=config.high_risk_first,
+        convert=config.convert_data,
     )
     stats = {"prompts": len(rows), "high_risk_prompts": sum(1 for r in rows if r["risk_level"] >= 3)}
     return to_dataset(rows), None, stats
@@ -182,7 +239,7 @@ def prepare_pt(config: StageConfig, tokenizer: Any) -> tuple[Any, Any, dict[str,
         raise MedtuneError("pt: the tokenizer has no EOS token to separate documents")
 
     def blocks(files: list[Path]) -> list[list[int]]:
-        rows = load_rows(files, "text", max_samples=config.max_samples)
+        rows = load_rows(files, "text", max_samples=config.max_samples, convert=config.convert_data)
         docs = (tokenizer(r["text"], add_special_tokens=False)["input_ids"] for r in rows)
         return pack_documents(docs, config.block_size, eos)
 
@@ -338,17 +395,33 @@ def build_kto(ctx: StageContext) -> Any:
 
 
 def _reward_functions(ctx: StageContext) -> tuple[list[Callable], list[float]]:
-    from medtune_core.rewards import build_reward_functions
+    """The stage's rewards, each wrapped so a value it cannot compute leaves it out of the group (not 0)."""
+    from medtune_core.rewards import GroupMaskedReward, build_reward_functions
 
     cfg = ctx.config
     assert isinstance(cfg, OnlineRLConfig)
     funcs = ctx.extra.get("reward_funcs")
+    left_out: list[dict[str, Any]] = []
     if funcs is not None:
-        weights = ctx.extra.get("reward_weights") or [1.0] * len(funcs)
-        return list(funcs), list(weights)
-    judgements = cfg.judgements_path or Path(cfg.output_dir) / "teacher_judgements.jsonl"
-    built = build_reward_functions(cfg.rewards, reward_model=cfg.reward_model, judgements_path=judgements)
-    return [b.func for b in built], [b.weight for b in built]
+        weights = list(ctx.extra.get("reward_weights") or [1.0] * len(funcs))
+        named = [(getattr(f, "__name__", f"reward_{i}"), f) for i, f in enumerate(funcs)]
+    else:
+        judgements = cfg.judgements_path or Path(cfg.output_dir) / "teacher_judgements.jsonl"
+        built = build_reward_functions(
+            cfg.rewards, reward_model=cfg.reward_model, judgements_path=judgements, left_out=left_out
+        )
+        named, weights = [(b.name, b.func) for b in built], [b.weight for b in built]
+    wrapped = [GroupMaskedReward(f, name, cfg.num_generations) for name, f in named]
+
+    def report(trainer: Any) -> dict[str, Any]:
+        return {
+            "rewards": {w.__name__: w.report() for w in wrapped},
+            "rewards_left_out": left_out,
+            "reward_signal": reward_signal(trainer.state.log_history, cfg.no_signal_share),
+        }
+
+    ctx.extra.setdefault("report_hooks", []).append(report)
+    return list(wrapped), weights
 
 
 def _online_args(ctx: StageContext) -> dict[str, Any]:
@@ -426,21 +499,61 @@ class Stage:
         *,
         adapter: str | Path | None = None,
         callbacks: Sequence[Any] = (),
+        force: bool = False,
         **extra: Any,
     ) -> StageResult:
         """Train the stage; ``extra`` reaches the builder (e.g. ``reward_funcs=[...]`` for grpo/rloo).
 
-        With ``launcher: accelerate | torchrun`` the stage trains in launched subprocesses (:mod:`.launch`).
+        Inputs are checked first (nothing is written for a missing file). The stage's identity (:mod:`.identity`)
+        decides what its folder's contents are worth: a finished stage of the same identity is reused, an
+        unfinished one resumes, anything else is moved aside; ``force`` retrains even a finished one.
+        With ``launcher: accelerate | torchrun`` the stage trains in launched subprocesses (:mod:`.launcher`).
         """
         cfg = self._config(config)
-        if cfg.launcher is not Launcher.INPROCESS:
-            if callbacks or extra:
-                raise MedtuneError(f"{self.name}: callbacks and builder extras cannot cross to launched processes")
-            from medtune_core.training.launch import launch_stage
+        check_stage_inputs(cfg, adapter=adapter)
+        if cfg.launcher is not Launcher.INPROCESS and (callbacks or extra):
+            raise MedtuneError(f"{self.name}: callbacks and builder extras cannot cross to launched processes")
+        identity = stage_identity(cfg, resolve_model_ref(cfg.model), adapter)
+        state = StageState(cfg.output_dir)
+        result = None if force or extra.get("reward_funcs") else state.finished(identity)
+        if result is not None:
+            log.info("%s: finished for these inputs already (%s); reusing %s", self.name, identity[:12], cfg.output_dir)
+        else:
+            state.start(identity, force=force)
+            if cfg.launcher is not Launcher.INPROCESS:
+                result = launch_stage(self.name, cfg, adapter=adapter)
+            else:
+                trainer, ctx = self.setup(cfg, adapter=adapter, callbacks=callbacks, **extra)
+                result = train_and_save(trainer, ctx)
+            state.finish(identity, result)
+            result.identity = identity
+            result.output_sha256 = state.read().get("output_sha256")
+            write_result(result)
+        check_learning_signal(cfg, result)
+        return result
 
-            return launch_stage(self.name, cfg, adapter=adapter)
-        trainer, ctx = self.setup(cfg, adapter=adapter, callbacks=callbacks, **extra)
-        return train_and_save(trainer, ctx)
+
+def check_learning_signal(config: StageConfig, result: StageResult) -> None:
+    """Fail an online RL stage whose reward never told completions apart, when ``fail_on_no_signal`` is set
+    (a WARNING otherwise)."""
+    signal = result.metrics.get("reward_signal") or {}
+    if not (isinstance(config, OnlineRLConfig) and signal.get("no_signal")):
+        return
+    if not config.fail_on_no_signal:
+        log.warning(
+            "%s: NO LEARNING SIGNAL: zero reward variance within every group in %d of %d steps",
+            config.stage,
+            signal["steps_without_signal"],
+            signal["steps"],
+        )
+        return
+    raise MedtuneError(
+        f"{config.stage}: no learning signal: the reward had zero variance within every group in "
+        f"{signal['steps_without_signal']} of {signal['steps']} steps (limit {config.no_signal_share:.0%}); "
+        f"outputs are in {result.output_dir}. Check the rewards (left out: "
+        f"{[r['name'] for r in result.metrics.get('rewards_left_out') or []]}), raise temperature or "
+        "num_generations, or set fail_on_no_signal: false"
+    )
 
 
 STAGES: dict[str, Stage] = {}
