@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from medtune_core.dataio import Policy
 from medtune_core.formats import RecordKind, get_format
+from medtune_core.params import ExistingPath, OutputDir, StrictParams
 from tasks.artifacts import publish_table
 from tasks.base import call_fresh
 from tasks.data import convert_dataset, validate_dataset
@@ -26,14 +27,16 @@ def _default_inputs() -> list[Path]:
     return sorted(p for p in root.glob("*") if p.suffix in {".jsonl", ".txt", ".csv"})
 
 
-class PrepareDataParams(BaseModel):
+class PrepareDataParams(StrictParams):
     """Which files to prepare and into which formats."""
 
-    inputs: list[Path] = Field(
+    inputs: list[ExistingPath] = Field(
         default_factory=_default_inputs,
         description="Dataset files (any supported format). Default: the project's sample data.",
     )
-    output_dir: Path = Field(default=Path("out/prepare-data"), description="Where converted files and manifests go.")
+    output_dir: OutputDir = Field(
+        default=Path("out/prepare-data"), description="Where converted files and manifests go."
+    )
     policy: Policy = Field(default=Policy.STRICT, description="strict: stop at the first bad row; skip: reject it.")
     chat_format: str = Field(
         default="sharegpt", description="Target format for chat data (sharegpt, messages, alpaca)."

@@ -16,12 +16,13 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, GetJsonSchemaHandler, TypeAdapter, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -67,6 +68,28 @@ class StrictParams(BaseModel):
 
     #: Names people type for a field of this model (other tools' flags, older names) → the field to suggest.
     SYNONYMS: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """An options object whose default differs from its class's defaults is inlined with the field's values
+        as its properties' defaults: a form built from the nested properties shows what the flow applies too."""
+        schema = handler(core_schema)
+        own = handler.resolve_ref_schema(schema)
+        for name, prop in own.get("properties", {}).items():
+            default = prop.get("default")
+            ref = prop.get("$ref") or next((s["$ref"] for s in prop.get("allOf", []) if "$ref" in s), None)
+            if not (isinstance(default, dict) and ref):
+                continue
+            try:
+                nested = copy.deepcopy(handler.resolve_ref_schema({"$ref": ref}))
+            except LookupError:
+                continue
+            for key, value in default.items():
+                if key in nested.get("properties", {}):
+                    nested["properties"][key]["default"] = value
+            extra = {k: v for k, v in prop.items() if k not in ("$ref", "allOf")}
+            own["properties"][name] = {**nested, **extra}
+        return schema
 
     @classmethod
     def known_keys(cls) -> list[str]:
