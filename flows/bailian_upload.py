@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from prefect import flow
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 import medtune_core
 from medtune_core.bailian import HyperParameters, JobSpec, check_cost_ceiling
 from medtune_core.bailian.split import MB
 from medtune_core.dataio import Policy
+from medtune_core.params import ExistingPath, HttpUrl, OutputDir, StrictParams
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.bailian import (
     BailianEndpoint,
@@ -36,20 +37,20 @@ from tasks.base import call_fresh
 SAMPLE_MEDQA = Path(medtune_core.__file__).parent / "samples" / "medqa"
 
 
-class BailianUploadParams(BaseModel):
+class BailianUploadParams(StrictParams):
     """MedQA to a Bailian fine-tune job. Dry run (the default) converts, splits and estimates only."""
 
     CONFIRM_ABOVE: ClassVar[float] = 100.0
 
-    output_dir: Path = Field(Path("out/bailian-upload"), description="Where the Bailian files and manifests go.")
+    output_dir: OutputDir = Field(Path("out/bailian-upload"), description="Where the Bailian files and manifests go.")
     source_dir: Path = Field(
         SAMPLE_MEDQA,
         description="MedQA folder (holding questions/Mainland, Taiwan, US). Default: the project's sample data.",
     )
-    source_files: list[Path] = Field(
+    source_files: list[ExistingPath] = Field(
         default_factory=list, description="Single MedQA JSONL files to train on instead of a folder tree."
     )
-    validation_files: list[Path] = Field(default_factory=list, description="MedQA files for validation.")
+    validation_files: list[ExistingPath] = Field(default_factory=list, description="MedQA files for validation.")
     regions: list[Literal["mainland", "taiwan", "us"]] = Field(
         default_factory=lambda: ["mainland", "taiwan", "us"], description="Regions of the tree to convert."
     )
@@ -71,7 +72,7 @@ class BailianUploadParams(BaseModel):
     max_cost: float = Field(20.0, ge=0, description="Refuse to upload when the estimate exceeds this (CNY).")
     confirm_cost: bool = Field(False, description=f"Required when max_cost is above {CONFIRM_ABOVE:.0f} CNY.")
     region: Literal["cn-beijing", "ap-southeast-1"] = Field("cn-beijing", description="Bailian region.")
-    base_url: str | None = Field(None, description="DashScope API URL override (e.g. a proxy or a test server).")
+    base_url: HttpUrl | None = Field(None, description="DashScope API URL override (e.g. a proxy or a test server).")
     workspace: str | None = Field(None, description="Bailian workspace id.")
     api_key_block: str | None = Field(None, description="Prefect Secret block with the key (else DASHSCOPE_API_KEY).")
     registry: Path | None = Field(

@@ -20,17 +20,18 @@ import datetime as dt
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medtune_core.dataio import atomic_write_text
 from medtune_core.errors import MedtuneError
 from medtune_core.llm.ledger import forget_ledger
+from medtune_core.params import HttpUrl, OutputDir, StrictParams
 from medtune_core.synthesis import (
     DEMO_NUM_SAMPLES,
     DedupConfig,
@@ -51,8 +52,10 @@ TIMEZONE = "Asia/Shanghai"
 NIGHTLY_CRON = "0 2 * * *"
 
 
-class DataSynthesisParams(BaseModel):
+class DataSynthesisParams(StrictParams):
     """What to synthesize, how, and where to put it."""
+
+    SYNONYMS: ClassVar[dict[str, str]] = {"test_cost": "pilot"}  # the seed's flag for the pilot
 
     agents: list[AgentChoice] = Field(
         default_factory=lambda: ["all"], description="Agents to generate for; 'all' for every registered agent."
@@ -68,7 +71,7 @@ class DataSynthesisParams(BaseModel):
         default="seed", description="seed: offline templates (free); llm: an OpenAI-compatible API; both."
     )
     model: str = Field(default="deepseek-chat", description="Chat model for LLM mode.")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; default OPENAI_BASE_URL.")
+    base_url: HttpUrl | None = Field(default=None, description="OpenAI-compatible endpoint; default OPENAI_BASE_URL.")
     api_key_block: str | None = Field(default=None, description="Prefect Secret block with the API key (else env).")
     concurrency: int = Field(default=16, ge=1, le=512, description="LLM requests in flight at most.")
     parallel_batches: int = Field(
@@ -98,7 +101,7 @@ class DataSynthesisParams(BaseModel):
     output_format: Literal["instruction", "conversations", "messages"] = Field(
         default="instruction", description="instruction: alpaca with JSON input/output (seed default)."
     )
-    output_dir: Path = Field(default=Path("out/data-synthesis"), description="Where the files and manifests go.")
+    output_dir: OutputDir = Field(default=Path("out/data-synthesis"), description="Where the files and manifests go.")
     seed: int | None = Field(
         default=0,
         description="Random seed; None: the run's scheduled date as YYYYMMDD, and the files go to output_dir/YYYYMMDD.",

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 import medtune_core
 from medtune_core.dataio import Manifest
 from medtune_core.errors import MedtuneError
+from medtune_core.params import ExistingPath, HttpUrl, OutputDir, StrictParams
 from medtune_core.recall import EmbeddingConfig, EvalTextMode, MixConfig, RecallConfig, TextMode
 from medtune_core.settings import get_settings
 from medtune_core.training import stage_config
@@ -35,16 +36,16 @@ SAMPLES = Path(medtune_core.__file__).parent / "samples"
 DEFAULT_THRESHOLDS = {"sentence-transformers": 0.75, "openai-api": 0.75, "ngram-hash": 0.3}
 
 
-class EvalDrivenRecallParams(BaseModel):
+class EvalDrivenRecallParams(StrictParams):
     """Recall training rows like the benchmark's questions from a pool, with leakage guards and a random control."""
 
-    output_dir: Path = Field(Path("out/eval-driven-recall"), description="Where vectors, sets and reports go.")
-    benchmark_files: list[Path] = Field(
+    output_dir: OutputDir = Field(Path("out/eval-driven-recall"), description="Where vectors, sets and reports go.")
+    benchmark_files: list[ExistingPath] = Field(
         default_factory=lambda: [SAMPLES / "benchmark"],
         description="C-Eval/CMMLU CSV, C-Eval JSONL or MedQA JSONL files or folders. Default: the sample benchmark.",
     )
     subjects: list[str] = Field(default_factory=list, description="Keep only these subjects (empty: all).")
-    pool_files: list[Path] = Field(
+    pool_files: list[ExistingPath] = Field(
         default_factory=lambda: [SAMPLES / "pool"],
         description="Training pool files or folders in any chat/QA/preference/MCQ format. Default: the sample pool.",
     )
@@ -58,7 +59,7 @@ class EvalDrivenRecallParams(BaseModel):
         description="sentence-transformers: embedded:minilm-l6 (default, English only), a folder or cached hub id "
         "(e.g. paraphrase-multilingual-MiniLM-L12-v2 for Chinese); openai-api: the model name (embedding-3, ...).",
     )
-    base_url: str | None = Field(None, description="openai-api: the endpoint (default OPENAI_BASE_URL).")
+    base_url: HttpUrl | None = Field(None, description="openai-api: the endpoint (default OPENAI_BASE_URL).")
     batch_size: int = Field(64, ge=1, le=4096, description="Texts per model batch / API request.")
     device: str | None = Field(None, description="sentence-transformers device (cpu, cuda).")
     eval_text: EvalTextMode = Field(EvalTextMode.QUESTION, description="What of a question is embedded.")

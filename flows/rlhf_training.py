@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import yaml
 from prefect import flow
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
+from medtune_core.params import OutputDir, StrictParams
 from medtune_core.training import AdapterType, stage_config
 from medtune_core.training.pipeline import validate_chain
 from tasks.artifacts import publish_table
@@ -34,7 +35,7 @@ def _sample(name: str) -> Path:
     return REPO / "medtune_core" / "samples" / name
 
 
-class StageSpec(BaseModel):
+class StageSpec(StrictParams):
     """One stage: its name, data files and settings (any field of the stage's config)."""
 
     stage: StageName
@@ -52,14 +53,14 @@ def _default_stages() -> list[StageSpec]:
     ]
 
 
-class RLHFTrainingParams(BaseModel):
+class RLHFTrainingParams(StrictParams):
     """Base model, stages in order, adapter, output folder."""
 
     base_model: str = Field("embedded:smollm2-135m-instruct", description="embedded:NAME, a folder or a hub id")
     stages: list[StageSpec] = Field(default_factory=_default_stages, description="e.g. sft then dpo")
     recipe: str | None = Field(None, description="a YAML recipe name in medtune_core/recipes (e.g. sft_dpo) or path")
     adapter: AdapterType = Field(AdapterType.LORA, description="lora | qlora (CUDA) | dora | full")
-    output_dir: Path = Field(Path("out/rlhf-training"))
+    output_dir: OutputDir = Field(Path("out/rlhf-training"))
     cuda_deployment: str | None = Field(
         None, description="run stages on the CUDA pool through this deployment (e.g. train-stage/cuda)"
     )
@@ -144,7 +145,7 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
     return outputs
 
 
-class TrainStageParams(BaseModel):
+class TrainStageParams(StrictParams):
     """One stage, as sent by ``rlhf-training`` to the CUDA pool."""
 
     stage: StageName
