@@ -335,11 +335,14 @@ def test_chain_sft_grpo_with_rules_and_unreachable_teacher(
             output_dir=tmp_path / "grpo",
         ),  # default rewards: 0.6 rules + 0.4 teacher
     ]
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         _, grpo = run_chain(configs)
     assert any("TEACHER UNAVAILABLE" in r.getMessage() for r in caplog.records)
     assert "rewards/rules/mean" in grpo.metrics["rewards"]
     assert not any(k.startswith("rewards/teacher") for k in grpo.metrics["rewards"])
+    assert [r["name"] for r in grpo.metrics["rewards_left_out"]] == ["teacher"]
+    rules = grpo.metrics["reward_components"]["rules"]
+    assert rules["samples"] == 4 * rules["groups"] > 0 and rules["missing"] == rules["groups_left_out"] == 0
     assert grpo.metrics["data"]["high_risk_prompts"] == 8
 
 
@@ -460,7 +463,7 @@ def test_teacher_scores_caches_and_survives_bad_answers(tmp_path: Path, caplog: 
         assert again(prompts, completions) == scores and server.total == sent
         # malformed twice: that sample gets None (TRL then uses the other rewards) and an error is logged
         server.add_faults("invalid_json", "invalid_json")
-        with caplog.at_level(logging.ERROR):
+        with caplog.at_level(logging.WARNING):
             out = judge([[{"role": "user", "content": "新问题"}]], [[{"role": "assistant", "content": "回答"}]])
         assert out == [None]
         assert any("TEACHER" in r.getMessage() for r in caplog.records)
@@ -472,7 +475,7 @@ def test_teacher_unreachable_is_loud_and_left_out(tmp_path: Path, caplog: pytest
         model="m", base_url="http://127.0.0.1:9/v1", api_key="k", timeout_s=0.3, max_retries=0, backoff_base_s=0.0
     )
     judge = TeacherJudge(cfg, tmp_path / "j.jsonl")
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         assert judge(["q"], ["a"]) == [None]
     assert any("could not be had" in r.getMessage() for r in caplog.records)
     built = build_reward_functions(

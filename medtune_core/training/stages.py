@@ -415,7 +415,7 @@ def _reward_functions(ctx: StageContext) -> tuple[list[Callable], list[float]]:
 
     def report(trainer: Any) -> dict[str, Any]:
         return {
-            "rewards": {w.__name__: w.report() for w in wrapped},
+            "reward_components": {w.__name__: w.report() for w in wrapped},
             "rewards_left_out": left_out,
             "reward_signal": reward_signal(trainer.state.log_history, cfg.no_signal_share),
         }
