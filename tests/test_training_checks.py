@@ -126,7 +126,7 @@ def test_unreachable_teacher_fails_fast_when_required_else_is_left_out(caplog: p
     assert left_out[0]["name"] == "teacher" and "unreachable" in left_out[0]["reason"]
     assert any(r.levelno == logging.WARNING and "LEFT OUT" in r.getMessage() for r in caplog.records)
     required = {**teacher, "options": {**teacher["options"], "required": True}}
-    with pytest.raises(MedtuneError, match="required but unavailable.*unreachable"):
+    with pytest.raises(MedtuneError, match=r"required but unavailable.*unreachable"):
         build_reward_functions([{"name": "rules"}, required])
     with pytest.raises(MedtuneError, match="no API key"):  # a remote endpoint without a key: not even probed
         build_reward_functions([{**required, "options": {"base_url": "https://judge.example/v1", "required": True}}])
@@ -141,7 +141,7 @@ def test_online_rl_without_reward_variance_warns_or_fails(files: dict[str, Path]
     result = get_stage("grpo").run(cfg)
     signal = result.metrics["reward_signal"]
     assert signal == {"steps": 2, "steps_without_signal": 2, "mean_frac_reward_zero_std": 1.0, "no_signal": True}
-    with pytest.raises(MedtuneError, match="no learning signal.*2 of 2 steps"):
+    with pytest.raises(MedtuneError, match=r"no learning signal.*2 of 2 steps"):
         get_stage("grpo").run(cfg.model_copy(update={"fail_on_no_signal": True}))  # reused, and now failed
 
 
