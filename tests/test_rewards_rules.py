@@ -55,7 +55,7 @@ def test_keyword_lists_come_from_data_files(tmp_path: Path) -> None:
         RuleReward({"keywords_file": str(custom), "languages": ["en"]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("zh: 建议\n", encoding="utf-8")
-    with pytest.raises(MedtuneError, match="bad.yaml"):
+    with pytest.raises(MedtuneError, match=r"bad\.yaml"):
         RuleReward({"keywords_file": str(bad)})
     with pytest.raises(ValueError, match="extra"):
         RuleConfig(keyword="x")  # type: ignore[call-arg]

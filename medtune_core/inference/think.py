@@ -56,8 +56,8 @@ def _shingles(text: str, n: int) -> set[str]:
 
 def copied_from(text: str, source: str, threshold: float = 0.8, n: int = 3) -> bool:
     """Whether ``text`` is (mostly) a copy of ``source``: at least ``threshold`` of its character ``n``-grams occur
-    in ``source`` (whitespace and think tags ignored). A model that echoes its instruction ("请先在<think>中分析…") inside a
-    reasoning block has not reasoned."""
+    in ``source`` (whitespace and think tags ignored). A model that echoes its instruction ("请先在<think>中分析…")
+    inside a reasoning block has not reasoned."""
     text, source = (t.replace(OPEN, "").replace(CLOSE, "") for t in (text, source))
     if not text.strip() or not source.strip():
         return False
