@@ -40,7 +40,7 @@ from medtune_core.synthesis import (
     recommended_size,
     write_summary,
 )
-from medtune_core.synthesis.base import template_fingerprint
+from medtune_core.synthesis.templates import template_fingerprint
 from medtune_core.synthesis.run import AgentReport
 from tasks.artifacts import Progress, publish_markdown, publish_table
 from tasks.base import FreshFuture, call_fresh, submit_fresh

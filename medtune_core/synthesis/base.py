@@ -10,7 +10,9 @@ An agent is everything the synthesis flow needs to know about one kind of SFT sa
 - ``template_output(input, rng)``: the seed-mode generator, building the answer from the input offline.
 
 Adding an agent means writing one module under :mod:`medtune_core.synthesis.agents` with a class decorated
-by :func:`register_agent`; the package imports every module in it.
+by :func:`register_agent`; the package imports every module in it. Looking agents up by name
+(:func:`medtune_core.synthesis.registry.get_agent`) lives in :mod:`.registry`, which imports the agents: this module
+imports none of them, so the agents can import it without a cycle.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from medtune_core.errors import MedtuneError
+from medtune_core.synthesis.clinical import ClinicalFacts, check_facts
 
 T = TypeVar("T")
 
-#: Version of the templates; part of every seed-mode cache key, bump it when generated text changes.
-TEMPLATE_VERSION = "1"
+#: Version of the templates; part of every template-mode cache key, bump it when generated text changes.
+TEMPLATE_VERSION = "2"
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Sample:
     index: int
     input: dict[str, Any]
     output: dict[str, Any] | None
-    source: str = "seed"  # "seed" | "llm"
+    source: str = "seed"  # "seed" (template mode; the file name keeps seed 0's word) | "llm"
     raw: str | None = None  # the raw answer text (LLM mode), kept for the rejects file
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +83,8 @@ class Agent(ABC):
     recommended_sizes: ClassVar[tuple[int, int]]
     #: How many worked examples go into an LLM prompt.
     num_few_shots: ClassVar[int] = 2
+    #: Output fields that describe or advise this patient (checked for phrases that cannot apply to them).
+    patient_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._few_shots: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
@@ -97,6 +101,20 @@ class Agent(ABC):
     def checks(self, inp: dict[str, Any], out: Any) -> Iterator[CheckFailure]:
         """Quality checks on a schema-valid output (an instance of :attr:`output_model`)."""
         return iter(())
+
+    def clinical_facts(self, inp: dict[str, Any], out: dict[str, Any]) -> ClinicalFacts:
+        """What the sample states about its patient, from the field names the built-in agents share (``age``,
+        ``sex``, ``history``, ``symptoms`` / ``main_symptoms``, ``condition``, ``preliminary_diagnosis`` /
+        ``possible_conditions``, ``department``, ``recommendations[].drug``, ``differential_diagnosis``, and the
+        :attr:`patient_fields`). An agent whose patient is stated otherwise (free text) overrides it."""
+        return facts_from_fields(inp, out, self.patient_fields)
+
+    def quality_failures(self, inp: dict[str, Any], out: BaseModel) -> list[CheckFailure]:
+        """The agent's quality checks, then the clinical rules (``clinical:<rule>``) on a schema-valid answer."""
+        failures = list(self.checks(inp, out))
+        facts = self.clinical_facts(inp, out.model_dump(mode="json"))
+        failures += [CheckFailure(f"clinical:{v.rule}", v.problem) for v in check_facts(facts)]
+        return failures
 
     # -- provided -------------------------------------------------------------------------------
     def few_shots(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -131,8 +149,7 @@ class Agent(ABC):
                 model = self.output_model.model_validate(out)
         except ValidationError as exc:
             return None, [CheckFailure("schema", _first_error(exc))]
-        failures = list(self.checks(inp, model))
-        return model.model_dump(mode="json"), failures
+        return model.model_dump(mode="json"), self.quality_failures(inp, model)
 
     def response_schema(self) -> dict[str, Any]:
         """The JSON schema of the answer (for ``response_format`` of an OpenAI-compatible API)."""
@@ -154,51 +171,35 @@ def register_agent(cls: type[Agent]) -> type[Agent]:
     return cls
 
 
-def get_agent(name: str) -> Agent:
-    _load_agents()
-    try:
-        return AGENTS[name]
-    except KeyError:
-        raise MedtuneError(f"unknown agent {name!r}; known agents: {', '.join(agent_names())}") from None
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
-def template_fingerprint(name: str) -> str:
-    """What an agent's template output depends on: ``TEMPLATE_VERSION`` and the source of the agent's module, the
-    vocabularies and the seed sampler. Part of every seed-mode cache key, so an edited template or vocabulary
-    regenerates its batches without anyone remembering to bump a version."""
-    import hashlib
-    import inspect
-    import sys
-
-    from medtune_core.synthesis import seed, vocab
-
-    agent_module = sys.modules[type(get_agent(name)).__module__]
-    h = hashlib.sha256(TEMPLATE_VERSION.encode())
-    for module in (agent_module, vocab, seed, sys.modules[__name__]):
-        h.update(inspect.getsource(module).encode())
-    return f"{TEMPLATE_VERSION}-{h.hexdigest()[:16]}"
-
-
-def agent_names() -> list[str]:
-    """Registered agent names in registration order (seed 0's order for the built-in five)."""
-    _load_agents()
-    return list(AGENTS)
-
-
-def resolve_agents(agents: str | Sequence[str]) -> list[str]:
-    """``"all"``, a comma-separated string or a list of names → validated agent names."""
-    if isinstance(agents, str):
-        agents = [a.strip() for a in agents.split(",") if a.strip()]
-    names = list(agents)
-    if not names or "all" in names:
-        return agent_names()
-    for n in names:
-        get_agent(n)
-    return list(dict.fromkeys(names))
-
-
-def _load_agents() -> None:
-    import medtune_core.synthesis.agents  # noqa: F401  (registers the agents)
+def facts_from_fields(inp: dict[str, Any], out: dict[str, Any], patient_fields: Sequence[str] = ()) -> ClinicalFacts:
+    """:class:`ClinicalFacts` of a sample whose fields carry the shared names (see :meth:`Agent.clinical_facts`)."""
+    age = inp.get("age")
+    main = list(inp.get("main_symptoms") or [])
+    diagnoses = [out.get("preliminary_diagnosis"), inp.get("condition"), *(out.get("possible_conditions") or [])]
+    return ClinicalFacts(
+        age=age if isinstance(age, int) else None,
+        sex=inp.get("sex"),
+        history=list(inp.get("history") or []),
+        symptoms=list(inp.get("symptoms") or []) + main + list(inp.get("other_symptoms") or []),
+        main_symptoms=main,
+        diagnoses=[d for d in diagnoses if isinstance(d, str)],
+        named_conditions=[x.get("disease", "") for x in out.get("differential_diagnosis") or [] if isinstance(x, dict)],
+        department=out.get("department") or out.get("suggested_department"),
+        body_part=inp.get("body_part"),
+        recommended_drugs=[r.get("drug", "") for r in out.get("recommendations") or [] if isinstance(r, dict)],
+        patient_phrases=_strings(inp.get("symptom_details"))
+        + [s for f in patient_fields for s in _strings(out.get(f))],
+    )
 
 
 # ------------------------------------------------------------------------------ helpers for templates

@@ -26,11 +26,12 @@ from typing import Any
 from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LLMClient, LLMConfig, Rejected
 from medtune_core.llm.client import PilotReport
 from medtune_core.llm.ledger import CostLedger
-from medtune_core.synthesis.base import Agent, Sample, get_agent, resolve_agents
+from medtune_core.synthesis.base import Agent, Sample
+from medtune_core.synthesis.registry import get_agent, resolve_agents
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
 from medtune_core.synthesis.requests import prompt_prefix, user_message
 from medtune_core.synthesis.run import AgentReport, batch_ranges, finalize_agent, sizes_for, write_summary
-from medtune_core.synthesis.seed import sample_input
+from medtune_core.synthesis.templates import sample_input
 
 QUALITY_PREFIX = "quality check failed"
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.7}

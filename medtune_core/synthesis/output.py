@@ -16,8 +16,9 @@ from typing import Any
 from medtune_core.dataio import Manifest, atomic_write, rejects_path_for, write_records
 from medtune_core.errors import MedtuneError
 from medtune_core.formats import Conversation, get_format
-from medtune_core.synthesis.base import Sample, get_agent
+from medtune_core.synthesis.base import Sample
 from medtune_core.synthesis.postprocess import Reject
+from medtune_core.synthesis.registry import get_agent
 
 #: Output format names of seed 0 (and the registry's own names) → registry format.
 OUTPUT_FORMATS: dict[str, str] = {

@@ -20,7 +20,8 @@ from typing import Any
 from datasketch import MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
 
-from medtune_core.synthesis.base import Agent, Sample, canonical_json, get_agent
+from medtune_core.synthesis.base import Agent, Sample, canonical_json
+from medtune_core.synthesis.registry import get_agent
 
 _SPACE = re.compile(r"\s+")
 

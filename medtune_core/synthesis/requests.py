@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from medtune_core.formats.chat import json_text
-from medtune_core.synthesis.base import Agent, CheckFailure, get_agent
+from medtune_core.synthesis.base import Agent, CheckFailure
+from medtune_core.synthesis.registry import get_agent
 
 USER_PREFIX = "请处理以下输入（JSON）：\n"
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from medtune_core.dataio import Manifest, atomic_write, atomic_write_text
-from medtune_core.synthesis.base import TEMPLATE_VERSION, Sample, resolve_agents
+from medtune_core.synthesis.base import TEMPLATE_VERSION, Sample
+from medtune_core.synthesis.registry import resolve_agents
 from medtune_core.synthesis.output import output_path, write_agent_file
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject, deduplicate, validate_samples
-from medtune_core.synthesis.seed import generate_seed_samples
+from medtune_core.synthesis.templates import generate_template_samples
 from medtune_core.synthesis.sizes import recommended_size
 
 SUMMARY_NAME = "synthesis_manifest.json"
@@ -45,7 +46,7 @@ def sizes_for(agents: Sequence[str], num_samples: int | Mapping[str, int] | None
 
 def seed_batch(agent: str, seed: int, start: int, count: int) -> PostprocessResult:
     """Generate and validate samples ``start .. start+count-1`` in template mode."""
-    return validate_samples(agent, generate_seed_samples(agent, count, seed, start=start))
+    return validate_samples(agent, generate_template_samples(agent, count, seed, start=start))
 
 
 def save_batch(path: str | os.PathLike[str], result: PostprocessResult) -> Path:

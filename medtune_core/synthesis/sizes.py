@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from medtune_core.formats.chat import json_text
-from medtune_core.synthesis.base import agent_names, get_agent
+from medtune_core.synthesis.registry import agent_names, get_agent, resolve_agents
 from medtune_core.synthesis.requests import build_messages
-from medtune_core.synthesis.seed import generate_seed_sample
+from medtune_core.synthesis.templates import generate_template_sample
 
 #: Seed 0's (minimum, recommended) samples per agent.
 RECOMMENDED_SIZES: dict[str, tuple[int, int]] = {
@@ -78,7 +78,6 @@ def estimate_cost(
     template answers to the same inputs (a fair stand-in for a model's answer length). Prices are per
     million tokens (the LLM layer's price table has them; see :func:`estimate_cost_for_model`).
     """
-    from medtune_core.synthesis.base import resolve_agents
 
     out = []
     for name in resolve_agents(agents):
@@ -89,7 +88,7 @@ def estimate_cost(
         )
         ins, outs = [], []
         for i in range(probe):
-            s = generate_seed_sample(name, seed, i)
+            s = generate_template_sample(name, seed, i)
             ins.append(estimate_message_tokens(build_messages(name, s.input)))
             outs.append(estimate_tokens(json_text(s.output)))
         in_tok = round(sum(ins) / probe * n)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from medtune_core.synthesis.base import AGENTS
+
 #: Seed 0's agents, registered first so ``agent_names()`` lists them in the seed's order.
 BUILTIN = ("preprocess", "critic", "check_rag", "diagnosis", "drug")
 
@@ -17,8 +19,6 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 
 def _order_registry() -> None:
     """Seed 0's five first, in its order, then any added agent in module-name order."""
-    from medtune_core.synthesis.base import AGENTS
-
     ordered = {n: AGENTS[n] for n in BUILTIN if n in AGENTS}
     ordered.update({n: a for n, a in AGENTS.items() if n not in ordered})
     AGENTS.clear()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from medtune_core.synthesis import vocab as V
-from medtune_core.synthesis.base import Agent, CheckFailure, join_zh, pick, register_agent
+from medtune_core.synthesis.base import Agent, CheckFailure, join_zh, pick, pick_some, register_agent
 
 Relevance = Literal["相关", "部分相关", "不相关"]
 ASPECTS = ["症状", "检查", "治疗", "预防", "危险信号"]
@@ -38,8 +38,8 @@ def passage_text(d: V.Disease, aspect: str, variant: int) -> str:
         ]
     elif aspect == "检查":
         bodies = [
-            f"怀疑{d.name}时，常用检查有{join_zh(d.tests)}。需与{join_zh([n for n, _ in d.differentials])}相鉴别。",
-            f"{d.name}的诊断依靠病史、体格检查和{join_zh(d.tests)}。{d.differentials[0][1]}。",
+            f"怀疑{d.name}时，常用检查有{join_zh(d.tests)}。需与{join_zh([x.name for x in d.differentials])}相鉴别。",
+            f"{d.name}的诊断依靠病史、体格检查和{join_zh(d.tests)}。{d.differentials[0].reason}。",
         ]
     elif aspect == "治疗":
         meds = f"常用药物有{join_zh(d.drugs)}，需按说明书或遵医嘱使用" if d.drugs else "不建议自行用药，需由医生评估"
@@ -59,6 +59,23 @@ def passage_text(d: V.Disease, aspect: str, variant: int) -> str:
             f"{d.name}的警示征象包括{join_zh(d.red_flags)}，出现时不要拖延，应到{d.department}或急诊就诊。",
         ]
     return bodies[variant % len(bodies)]
+
+
+def aspect_items(d: V.Disease, aspect: str) -> list[str]:
+    """What a passage on ``aspect`` of ``d`` lists (every one of them appears in its text)."""
+    return {
+        "症状": d.key_symptoms,
+        "检查": d.tests,
+        "治疗": [d.self_care[0]],
+        "预防": d.prevention or d.self_care,
+        "危险信号": d.red_flags,
+    }[aspect]
+
+
+def detail(rng: random.Random, d: V.Disease, aspect: str, text: str) -> str:
+    """One or two items the passage itself lists, quoted in a judgement's reason."""
+    items = [i for i in aspect_items(d, aspect) if i in text] or [d.name]
+    return join_zh(pick_some(rng, items, 1, 2))
 
 
 def query_forms(d: V.Disease, aspect: str) -> list[str]:
@@ -150,7 +167,7 @@ class CheckRagAgent(Agent):
         n = rng.randint(3, 5)
         n_rel = pick(rng, [0, 1, 1, 1, 2, 2])
         pool: list[tuple[V.Disease, str]] = [(d, aspect)] * n_rel
-        diff_names = [name for name, _ in d.differentials if name in V.DISEASE_BY_NAME]
+        diff_names = [x.name for x in d.differentials if x.name in V.DISEASE_BY_NAME]
         while len(pool) < n:
             roll = rng.random()
             if roll < 0.35:
@@ -178,60 +195,77 @@ class CheckRagAgent(Agent):
             raise ValueError("check_rag template outputs need a query and passages from the vocabularies")
         d, aspect = asked
         judgements = []
+        asked_words = ASPECT_WORDS[aspect]
         for p, (pd, pa) in zip(inp["passages"], pool, strict=True):  # type: ignore[misc]
+            said, words = detail(rng, pd, pa, p["text"]), ASPECT_WORDS[pa]
             if (pd, pa) == (d, aspect):
                 rel = "相关"
-                reason = pick(
-                    rng,
-                    [
-                        f"段落直接介绍了{d.name}的{ASPECT_WORDS[aspect]}，正是问题所问",
-                        f"内容与问题一致，涵盖{d.name}的{ASPECT_WORDS[aspect]}",
-                    ],
-                )
+                forms = [
+                    f"段落直接介绍了{d.name}的{words}，正是问题所问",
+                    f"内容与问题一致，涵盖{d.name}的{words}（如{said}）",
+                    f"段落列出了{said}等{d.name}的{words}，可直接用于回答",
+                    f"讲的正是{d.name}的{words}，提到{said}，切题",
+                ]
             elif pd.name == d.name:
                 rel = "部分相关"
-                reason = pick(
-                    rng,
-                    [
-                        f"同样讲{d.name}，但内容是{ASPECT_WORDS[pa]}，而问题问的是{ASPECT_WORDS[aspect]}",
-                        f"涉及{d.name}的{ASPECT_WORDS[pa]}，只能作为背景，不能直接回答问题",
-                    ],
-                )
-            elif any(pd.name == n for n, _ in d.differentials) and pa == aspect:
+                forms = [
+                    f"同样讲{d.name}，但内容是{words}，而问题问的是{asked_words}",
+                    f"涉及{d.name}的{words}（{said}），只能作为背景，不能直接回答问题",
+                    f"虽是{d.name}，但讲的是{said}等{words}，没有回答{asked_words}",
+                ]
+            elif any(pd.name == x.name for x in d.differentials) and pa == aspect:
                 rel = "部分相关"
-                reason = f"讲的是需与{d.name}鉴别的{pd.name}的{ASPECT_WORDS[pa]}，可作鉴别参考，但不是所问疾病"
+                forms = [
+                    f"讲的是需与{d.name}鉴别的{pd.name}的{words}，可作鉴别参考，但不是所问疾病",
+                    f"{pd.name}是{d.name}的鉴别诊断，段落的{words}（{said}）可供对照，不能直接作答",
+                ]
             else:
                 rel = "不相关"
-                reason = pick(
-                    rng,
-                    [
-                        f"段落讲的是{pd.name}，与问题中的{d.name}无关",
-                        f"内容为{pd.name}的{ASPECT_WORDS[pa]}，与所问问题无关",
-                    ],
-                )
-            judgements.append(PassageJudgement(id=p["id"], relevance=rel, score=RELEVANCE_SCORE[rel], reason=reason))
+                forms = [
+                    f"段落讲的是{pd.name}，与问题中的{d.name}无关",
+                    f"内容为{pd.name}的{words}，与所问问题无关",
+                    f"{pd.name}的{words}（{said}）与{d.name}的问题无关",
+                    f"讲{pd.name}，和{d.name}的{asked_words}没有关系",
+                ]
+            judgements.append(
+                PassageJudgement(id=p["id"], relevance=rel, score=RELEVANCE_SCORE[rel], reason=pick(rng, forms))
+            )
         relevant = [j.id for j in judgements if j.relevance == "相关"]
         sufficient = bool(relevant)
         if sufficient:
-            missing = (
-                ""
-                if rng.random() < 0.6
-                else f"可补充患者个体情况（年龄、基础疾病）以便给出针对性的{ASPECT_WORDS[aspect]}"
+            missing = pick(
+                rng,
+                [
+                    "",
+                    "",
+                    f"可补充患者个体情况（年龄、基础疾病）以便给出针对性的{asked_words}",
+                    f"如能结合患者的具体情况，{asked_words}会更有针对性",
+                ],
             )
             summary = pick(
                 rng,
                 [
-                    f"{join_zh(relevant)}可直接回答关于{d.name}{ASPECT_WORDS[aspect]}的问题，其余段落可忽略。",
+                    f"{join_zh(relevant)}可直接回答关于{d.name}{asked_words}的问题，其余段落可忽略。",
                     f"检索结果中{join_zh(relevant)}与问题相关，信息足以作答。",
+                    f"回答{d.name}的{asked_words}以{join_zh(relevant)}为准，其他段落参考价值有限。",
+                    f"共{len(judgements)}段，其中{join_zh(relevant)}切题，足以回答。",
                 ],
             )
         else:
-            missing = f"缺少关于{d.name}{ASPECT_WORDS[aspect]}的段落，需要重新检索"
+            missing = pick(
+                rng,
+                [
+                    f"缺少关于{d.name}{asked_words}的段落，需要重新检索",
+                    f"没有讲{d.name}{asked_words}的内容，应补充检索",
+                    f"需要{d.name}的{asked_words}相关资料",
+                ],
+            )
             summary = pick(
                 rng,
                 [
-                    f"没有段落直接回答{d.name}的{ASPECT_WORDS[aspect]}问题，建议重新检索。",
-                    f"检索结果不足：未找到{d.name}{ASPECT_WORDS[aspect]}的相关内容。",
+                    f"没有段落直接回答{d.name}的{asked_words}问题，建议重新检索。",
+                    f"检索结果不足：未找到{d.name}{asked_words}的相关内容。",
+                    f"{len(judgements)}段中没有一段回答{d.name}的{asked_words}，不足以作答。",
                 ],
             )
         return CheckRagOutput(

@@ -46,25 +46,32 @@ class DiagnosisOutput(BaseModel):
     disclaimer: str = Field(min_length=8)
 
 
-def red_flags_for(d: V.Disease, history: list[str]) -> list[str]:
-    """The disease's red flags that apply to this patient (pregnancy ones only in pregnancy)."""
-    return [f for f in d.red_flags if "孕妇" not in f or "妊娠期" in history] or d.red_flags[:1]
+def fitting(texts: list[str], sex: str, history: list[str]) -> list[str]:
+    """The phrases that may describe this patient (none for the other sex, none for a state they are not in)."""
+    return V.current().only_fitting(texts, sex, history)
+
+
+def red_flags_for(d: V.Disease, history: list[str], sex: str | None = None) -> list[str]:
+    """The disease's red flags that apply to this patient (pregnancy ones only in pregnancy, none of the other sex)."""
+    return V.current().only_fitting(d.red_flags, sex, history) or d.red_flags[:1]
 
 
 def sample_patient(rng: random.Random, d: V.Disease) -> dict[str, Any]:
-    """Age, sex, history and current drugs of a patient who could have ``d``."""
+    """Age, sex, history and current drugs of a patient who could have ``d`` (histories their sex and age allow)."""
     sex = d.sex or pick(rng, V.SEXES)
     age = rng.randint(*d.ages)
-    history = [] if rng.random() < 0.55 else pick_some(rng, V.HISTORIES, 1, 2)
+    options = V.current().histories_for(sex, age)
+    history = [] if rng.random() < 0.55 else pick_some(rng, options, 1, 2)
     drugs = [] if rng.random() < 0.7 else pick_some(rng, list(V.CURRENT_DRUGS), 1, 2)
     return {"age": age, "sex": sex, "history": history, "current_drugs": drugs}
 
 
-def sample_symptoms(rng: random.Random, d: V.Disease) -> list[str]:
+def sample_symptoms(rng: random.Random, d: V.Disease, sex: str | None = None) -> list[str]:
+    """Two to four of the disease's key symptoms, then up to two accompanying ones (none of the other sex)."""
     symptoms = pick_some(rng, d.key_symptoms, min(2, len(d.key_symptoms)), 4)
     rng.shuffle(symptoms)
     extra = pick_some(rng, [s for s in V.ACCOMPANYING_SYMPTOMS if s not in symptoms], 0, 2)
-    return symptoms + extra
+    return symptoms + V.current().only_fitting(extra, sex)
 
 
 def sample_vitals(rng: random.Random, d: V.Disease, symptoms: list[str], history: list[str]) -> dict[str, str]:
@@ -100,6 +107,7 @@ class DiagnosisAgent(Agent):
     recommended_sizes = (3000, 10000)
     input_model = DiagnosisInput
     output_model = DiagnosisOutput
+    patient_fields = ("red_flags", "recommended_tests", "advice")
     system_prompt = (
         "你是智能健康助手的诊断模块，具备全科医生的临床思维。请根据患者的年龄、性别、症状、病程、严重程度、"
         "既往史、用药和生命体征，给出最可能的初步诊断及把握程度，说明推理依据，列出至少两个需要鉴别的疾病及鉴别要点，"
@@ -110,12 +118,12 @@ class DiagnosisAgent(Agent):
     def sample_input(self, rng: random.Random) -> dict[str, Any]:
         d = pick(rng, V.DISEASES)
         patient = sample_patient(rng, d)
-        symptoms = sample_symptoms(rng, d)
+        symptoms = sample_symptoms(rng, d, patient["sex"])
         duration = pick(rng, d.durations)
         return DiagnosisInput(
             **patient,
             symptoms=symptoms,
-            symptom_details=pick_some(rng, d.features, 1, 2),
+            symptom_details=pick_some(rng, fitting(d.features, patient["sex"], patient["history"]), 1, 2),
             duration=duration,
             severity=rng.randint(*d.severity),
             vitals=sample_vitals(rng, d, symptoms, patient["history"]),
@@ -170,9 +178,16 @@ class DiagnosisAgent(Agent):
         reasoning = opening + core + vit + verdict + pick(rng, [d.overview + "。", ""])
         if inp["current_drugs"]:
             reasoning += f"目前服用{join_zh(inp['current_drugs'])}，用药调整需咨询医生。"
-        diffs = pick_some(rng, d.differentials, 2, 3)
-        flags = pick_some(rng, red_flags_for(d, inp["history"]), 2, 4)
-        advice = pick_some(rng, d.self_care, 1, 3)
+        vocab = V.current()
+        sex, history = inp["sex"], inp["history"]
+        diffs = [
+            (x.name, x.reason)
+            for x in pick_some(
+                rng, [x for x in d.differentials if vocab.condition_sex.get(x.name) in (None, sex)], 2, 3
+            )
+        ]
+        flags = pick_some(rng, red_flags_for(d, history, sex), 2, 4)
+        advice = pick_some(rng, fitting(d.self_care, sex, history), 1, 3)
         advice.append(
             pick(
                 rng,
@@ -196,7 +211,7 @@ class DiagnosisAgent(Agent):
             confidence=confidence,
             reasoning=reasoning,
             differential_diagnosis=[Differential(disease=n, reason=r) for n, r in diffs],
-            recommended_tests=pick_some(rng, d.tests, 1, len(d.tests)),
+            recommended_tests=pick_some(rng, fitting(d.tests, sex, history), 1, len(d.tests)),
             red_flags=flags,
             urgency=urgency,
             department=d.department,

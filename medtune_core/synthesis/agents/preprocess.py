@@ -57,17 +57,20 @@ def urgency_for(severity: int, body_part: str, age: int, duration: str) -> str:
     return "常规就诊"
 
 
-def matching_diseases(symptoms: list[str], body_part: str, age: int, sex: str, limit: int = 3) -> list[V.Disease]:
-    """Diseases whose key symptoms overlap the reported ones, best overlap first (same body part breaks ties)."""
+def matching_diseases(main: list[str], others: list[str], body_part: str, sex: str, limit: int = 3) -> list[V.Disease]:
+    """Diseases of this sex that explain at least one main symptom, best overlap first (main symptoms count most,
+    then accompanying ones; the same body part breaks ties). A disease matched only by an accompanying symptom
+    (乏力 → 流行性感冒 for a woman with 白带异常) is not a direction worth listing."""
     scored = []
     for order, d in enumerate(V.DISEASES):
         if d.sex is not None and d.sex != sex:
             continue
-        overlap = sum(1 for s in symptoms if s in d.key_symptoms)
+        overlap = sum(1 for s in main if s in d.key_symptoms)
         if overlap:
-            scored.append((-overlap, d.body_part != body_part, order, d))
-    scored.sort(key=lambda t: t[:3])
-    return [t[3] for t in scored[:limit]]
+            extra = sum(1 for s in others if s in d.key_symptoms)
+            scored.append((-overlap, -extra, d.body_part != body_part, order, d))
+    scored.sort(key=lambda t: t[:4])
+    return [t[4] for t in scored[:limit]]
 
 
 def profile_text(age: int, sex: str, history: list[str], drugs: list[str]) -> str:
@@ -83,6 +86,7 @@ class PreprocessAgent(Agent):
     recommended_sizes = (1000, 5000)
     input_model = PreprocessInput
     output_model = PreprocessOutput
+    patient_fields = ("red_flags_to_check", "follow_up_questions")
     system_prompt = (
         "你是智能健康助手的预处理模块。用户通过症状表单提交了不适部位、主要症状、其他症状、严重程度（1-5）和持续时间，"
         "以及年龄、性别、既往史和正在服用的药物。请把这些信息整理成规范的结构化医学描述：写出主诉，"
@@ -98,7 +102,7 @@ class PreprocessAgent(Agent):
         rng.shuffle(main)
         others = pick_some(rng, [s for s in V.ACCOMPANYING_SYMPTOMS if s not in main], 0, 3)
         rng.shuffle(others)
-        history = [] if rng.random() < 0.55 else pick_some(rng, V.HISTORIES, 1, 2)
+        history = [] if rng.random() < 0.55 else pick_some(rng, V.current().histories_for(sex, age), 1, 2)
         drugs = [] if rng.random() < 0.65 else pick_some(rng, list(V.CURRENT_DRUGS), 1, 2)
         severity = rng.randint(1, 5)
         duration = pick(rng, V.DURATION_CODES)
@@ -137,7 +141,7 @@ class PreprocessAgent(Agent):
         with_others = f"伴{join_zh(others[:2])}" if others else ""
         chief = f"{join_zh(main)}{with_others}{dur_text}"
         profile = profile_text(age, sex, inp["history"], inp["current_drugs"])
-        diseases = matching_diseases(main + others, part, age, sex)
+        diseases = matching_diseases(main, others, part, sex)
         department = diseases[0].department if diseases and rng.random() < 0.7 else V.DEPARTMENT_BY_PART[part]
         urgency = urgency_for(sev, part, age, dur)
 
@@ -181,8 +185,10 @@ class PreprocessAgent(Agent):
         s_note = pick(rng, [f"患者自述：“{inp['patient_note']}”", ""])
         description = "".join([s_profile, s_hist, s_main, s_others, s_sev, s_drugs, s_note])
 
-        flags = pick_some(rng, V.RED_FLAGS_BY_PART[part], 2, 3)
-        questions = pick_some(rng, V.FOLLOW_UP_BY_PART[part], 1, 2) + pick_some(rng, V.GENERAL_FOLLOW_UPS, 1, 2)
+        vocab = V.current()
+        flags = pick_some(rng, vocab.only_fitting(V.RED_FLAGS_BY_PART[part], sex, inp["history"]), 2, 3)
+        questions = pick_some(rng, vocab.only_fitting(V.FOLLOW_UP_BY_PART[part], sex, inp["history"]), 1, 2)
+        questions += pick_some(rng, V.GENERAL_FOLLOW_UPS, 1, 2)
         rng.shuffle(questions)
         return PreprocessOutput(
             chief_complaint=chief,
