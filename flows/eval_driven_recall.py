@@ -1,9 +1,11 @@
-"""Flow ``eval-driven-recall`` (seed 1): embed a benchmark and a training pool, recall the nearest rows, guard against
+"""Flow ``eval-driven-recall``: embed a benchmark and a training pool, recall the nearest rows, guard against
 leakage, decontaminate, mix in random rows, write the training set and a same-size random control set.
 
-DAG: embed eval set (cached by content) → split pool into text shards → embed each shard (one cached task per
-shard: a killed run re-embeds nothing it finished) → recall (threshold, leakage guard, union + dedup) → stats table
-and score histogram artifacts → decontaminate + mix + write train/control → [train and evaluate, optional: SFT the
+DAG: split pool into text shards (an empty pool stops here) → pool statistics (ngram-hash: n-gram IDF) → embed eval
+set in the recall view and the guard views, refusing a backend that cannot read it ([UNK] share) → embed each shard
+(one cached task per shard: a killed run re-embeds nothing it finished) → recall (threshold, leakage guard over every
+view, per-row cap, union + dedup) → stats table, recall report and score histogram artifacts → decontaminate (long
+overlaps, near copies of questions) + mix + write train/control → [train and evaluate, optional: SFT the
 base model on the recalled set and on the control with identical settings (the cached ``train-stage`` task, here or on
 the CUDA pool) → evaluate base, control and recalled (cached per model) → comparison report, table and bar chart].
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,18 +25,35 @@ import medtune_core
 from medtune_core.dataio import Manifest
 from medtune_core.errors import MedtuneError
 from medtune_core.params import ExistingPath, HttpUrl, OutputDir, StrictParams
-from medtune_core.recall import EmbeddingConfig, EvalTextMode, MixConfig, RecallConfig, TextMode
+from medtune_core.recall import (
+    BACKENDS,
+    MAX_UNK_SHARE,
+    EmbeddingConfig,
+    EvalTextMode,
+    MixConfig,
+    RecallConfig,
+    TextMode,
+    backend_class,
+    default_recall_config,
+)
 from medtune_core.settings import get_settings
 from medtune_core.training import stage_config
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.base import call_fresh, map_fresh
-from tasks.recall import decontaminate_and_mix, embed_eval_set, embed_pool_shard, recall_task, split_pool_task
+from tasks.recall import (
+    decontaminate_and_mix,
+    embed_eval_set,
+    embed_pool_shard,
+    fit_pool_statistics,
+    recall_task,
+    split_pool_task,
+)
 from tasks.recall_eval import TrainEvalSettings, compare_models_task, evaluate_model_task
 from tasks.training import resolve_base, train_stage_task, with_input_files
 
 SAMPLES = Path(medtune_core.__file__).parent / "samples"
-#: The seed's threshold is for semantic embeddings; character n-gram cosines of related texts run lower.
-DEFAULT_THRESHOLDS = {"sentence-transformers": 0.75, "openai-api": 0.75, "ngram-hash": 0.3}
+#: The backend choices: every registered embedding backend (a new one registers itself, the flow offers it).
+BackendName = Literal[tuple(sorted(BACKENDS))]  # type: ignore[valid-type]
 
 
 class EvalDrivenRecallParams(StrictParams):
@@ -49,10 +69,9 @@ class EvalDrivenRecallParams(StrictParams):
         default_factory=lambda: [SAMPLES / "pool"],
         description="Training pool files or folders in any chat/QA/preference/MCQ format. Default: the sample pool.",
     )
-    backend: Literal["ngram-hash", "sentence-transformers", "openai-api"] = Field(
+    backend: BackendName = Field(
         "ngram-hash",
-        description="ngram-hash: model-free, works on Chinese; sentence-transformers: local model; openai-api: an "
-        "OpenAI-compatible embeddings endpoint (key from OPENAI_API_KEY etc.).",
+        description="; ".join(f"{name}: {cls.description}" for name, cls in sorted(BACKENDS.items())),
     )
     model: str | None = Field(
         None,
@@ -72,21 +91,33 @@ class EvalDrivenRecallParams(StrictParams):
         description="Shards embedded at once: >1 pays off for an embeddings API (network-bound) or a Dask/Ray task "
         "runner; a local model on CPU already uses every core for one shard.",
     )
-    top_k: int = Field(50, ge=1, le=1000, description="Rows recalled per question (seed: 50, range 30-100).")
+    top_k: int = Field(50, ge=1, le=1000, description="Rows recalled per question (usual range 30-100).")
     similarity_threshold: float | None = Field(
         None,
         ge=-1.0,
         le=1.0,
-        description="Minimum cosine similarity (seed: 0.75, range 0.70-0.85). Empty: 0.75 for model backends, "
-        "0.3 for ngram-hash (character n-gram cosines run lower).",
+        description="Minimum cosine similarity. Empty: the backend's default (0.75 for model backends, 0.3 for "
+        "ngram-hash, whose character n-gram cosines run lower).",
     )
-    max_similarity: float = Field(
-        0.99,
+    max_similarity: float | None = Field(
+        None,
         ge=-1.0,
         le=1.0,
-        description="Leakage guard: drop any pool row more similar than this to any question (seed: 0.99; its "
-        "anti-cheating advice: 0.95).",
+        description="Leakage guard: drop any pool row more similar than this to any view of any test item (question, "
+        "question + options, question + answer). Empty: the backend's calibrated default (0.95 for model backends, "
+        "0.85 for ngram-hash); 1.0 turns the guard off.",
     )
+    max_questions_per_row: int | None = Field(
+        10, ge=1, description="A pool row serves at most this many questions (its places go to their next rows)."
+    )
+    max_unk_share: float = Field(
+        MAX_UNK_SHARE,
+        ge=0.0,
+        le=1.0,
+        description="Refuse a backend whose tokenizer maps more than this share of the benchmark's tokens to [UNK] "
+        "(an English model on Chinese); 1.0 runs it anyway.",
+    )
+    idf: bool = Field(True, description="ngram-hash: weight n-grams by the pool's IDF (rare n-grams decide).")
     index: Literal["flat", "ivf", "hnsw"] = Field("flat", description="flat: exact; ivf/hnsw: approximate, huge pools.")
     decontam_n: int = Field(13, ge=4, le=200, description="Drop rows sharing this many characters with the eval set.")
     mix_ratio: float = Field(0.25, ge=0.0, lt=1.0, description="Share of random non-recalled rows in the training set.")
@@ -104,8 +135,8 @@ class EvalDrivenRecallParams(StrictParams):
 
     @model_validator(mode="after")
     def _check(self) -> EvalDrivenRecallParams:
-        if self.max_similarity < self.threshold:
-            raise ValueError(f"max_similarity {self.max_similarity} is below similarity_threshold {self.threshold}")
+        if self.guard < self.threshold:
+            raise ValueError(f"max_similarity {self.guard} is below similarity_threshold {self.threshold}")
         if self.train_and_evaluate and not self.control:
             raise ValueError("train_and_evaluate compares against the random control set: control must be true")
         return self
@@ -114,7 +145,13 @@ class EvalDrivenRecallParams(StrictParams):
     def threshold(self) -> float:
         if self.similarity_threshold is not None:
             return self.similarity_threshold
-        return DEFAULT_THRESHOLDS[self.backend]
+        return backend_class(self.backend).default_threshold
+
+    @property
+    def guard(self) -> float:
+        if self.max_similarity is not None:
+            return self.max_similarity
+        return backend_class(self.backend).default_guard
 
     def embedding(self) -> EmbeddingConfig:
         options: dict[str, Any] = {}
@@ -126,7 +163,14 @@ class EvalDrivenRecallParams(StrictParams):
         return EmbeddingConfig(self.backend, self.model, self.batch_size, self.device, options)
 
     def recall_config(self) -> RecallConfig:
-        return RecallConfig(self.top_k, self.threshold, self.max_similarity, self.index)
+        return default_recall_config(
+            self.backend,
+            top_k=self.top_k,
+            similarity_threshold=self.similarity_threshold,
+            max_similarity=self.max_similarity,
+            index=self.index,
+            max_questions_per_row=self.max_questions_per_row,
+        )
 
     def mix_config(self) -> MixConfig:
         return MixConfig(self.mix_ratio, self.seed, self.output_format, self.control)
@@ -197,11 +241,20 @@ def train_and_evaluate(params: EvalDrivenRecallParams, train: Manifest, control:
 def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
     """Recall, guard, decontaminate, mix; returns the output paths (train, control, reports)."""
     out = params.output_dir
-    embedding = params.embedding()
-    eval_vectors = call_fresh(
-        embed_eval_set, params.benchmark_files, params.subjects, params.eval_text, embedding, str(out / "eval_vectors")
-    )
     texts = call_fresh(split_pool_task, params.pool_files, params.pool_text, params.shard_size, str(out / "pool_texts"))
+    embedding = params.embedding()
+    if params.idf:
+        stats = call_fresh(fit_pool_statistics, texts, embedding, str(out / "pool_stats"))
+        embedding = EmbeddingConfig(**{**asdict(embedding), "options": {**embedding.options, **stats}})
+    eval_vectors = call_fresh(
+        embed_eval_set,
+        params.benchmark_files,
+        params.subjects,
+        params.eval_text,
+        embedding,
+        str(out / "eval_vectors"),
+        params.max_unk_share,
+    )
     shard_calls = [(Path(t.path), embedding, str(out / "pool_vectors")) for t in texts]
     shards = map_fresh(embed_pool_shard, shard_calls, params.parallel_shards)
     found = call_fresh(
@@ -213,12 +266,14 @@ def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
         params.subjects,
         params.recall_config(),
         str(out),
+        [t.path for t in texts],
     )
-    publish_table("recall-stats", found["stats"], "Recall per subject (threshold, leakage guard applied)")
+    publish_table("recall-stats", found["stats"], "Recall per subject (threshold, leakage guard, per-row cap applied)")
+    publish_markdown("recall-report", found["report"], "Coverage per subject and the most-recalled rows")
     publish_markdown(
         "recall-score-histogram",
         f"Score histogram: `{found['histogram']}` — {found['recalled'].rows} rows recalled, "
-        f"{found['leaked'].rows} caught by the leakage guard (max_similarity {params.max_similarity}).",
+        f"{found['leaked'].rows} caught by the leakage guard (max_similarity {params.guard}).",
     )
     sets = call_fresh(
         decontaminate_and_mix,
@@ -231,6 +286,7 @@ def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
         params.decontam_n,
         params.mix_config(),
         str(out),
+        texts[0].extra.get("sources", []) if texts else [],
     )
     publish_table("recall-training-set", [sets["summary"]], "Training set: recalled + random, and the control")
     outputs = {
@@ -239,6 +295,7 @@ def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
         "leaked": found["leaked"].path,
         "histogram": found["histogram"],
         "stats": str(out / "recall_stats.json"),
+        "report": str(out / "recall_report.md"),
         **{k: v for k, v in sets["paths"].items() if k not in ("train",)},
     }
     if params.train_and_evaluate:

@@ -15,25 +15,31 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from medtune_core.dataio import Manifest
+from medtune_core.dataio import Manifest, atomic_write_text
 from medtune_core.hashing import file_sha256
 from medtune_core.recall import (
+    MAX_UNK_SHARE,
+    Decontaminator,
     EmbeddingBackend,
     EmbeddingConfig,
     EvalTextMode,
     MixConfig,
-    NgramIndex,
     RecallConfig,
     TextMode,
     VectorStore,
+    backend_class,
     build_training_sets,
+    check_vocabulary,
     embed_benchmark,
     embed_text_shard,
     finalize_store,
+    guard_view_paths,
     load_benchmark,
     load_vectors,
     make_backend,
+    pool_texts,
     recall,
+    recall_report,
     save_recall,
     score_histogram,
     split_pool,
@@ -68,23 +74,43 @@ def embed_eval_set(
     eval_text: EvalTextMode,
     embedding: EmbeddingConfig,
     out_dir: str,
+    max_unk_share: float = MAX_UNK_SHARE,
 ) -> Manifest:
-    """Load the benchmark and embed its questions (``eval-00000.npy`` + ids); cached by the files' contents.
+    """Load the benchmark, refuse a backend that cannot read it, embed its questions (``eval-00000.npy`` + ids) and
+    the guard views (``guard-<view>.npy``); cached by the files' contents.
 
     Output folders are passed as strings: a ``Path`` input is hashed by its contents, which the task itself changes.
     """
     bench = load_benchmark(benchmark_files, subjects=subjects or None)
     backend = backend_for(embedding)
+    check_vocabulary(backend, bench.texts(eval_text), max_unk_share)
     npy = embed_benchmark(bench, backend, out_dir, eval_text)
     get_run_logger().info("embedded %d questions of %d subjects", len(bench), len(bench.subject_counts()))
     return file_manifest(
-        npy, "npy-f16", "vectors", len(bench), subjects=bench.subject_counts(), backend=backend.fingerprint()
+        npy,
+        "npy-f16",
+        "vectors",
+        len(bench),
+        subjects=bench.subject_counts(),
+        backend=backend.fingerprint(),
+        sources=bench.sources,
     )
+
+
+@medtune_task(name="recall-pool-statistics")
+def fit_pool_statistics(texts: list[Manifest], embedding: EmbeddingConfig, out_dir: str) -> dict[str, Any]:
+    """What the backend learns from the pool before embedding (ngram-hash: n-gram IDF); options for its config."""
+    options = backend_class(embedding.backend).fit_statistics(embedding, [Path(t.path) for t in texts], Path(out_dir))
+    if options:
+        get_run_logger().info("pool statistics for %s: %s", embedding.backend, sorted(options))
+    return options
 
 
 @medtune_task(name="recall-split-pool")
 def split_pool_task(pool_files: list[Path], text_mode: TextMode, shard_size: int, out_dir: str) -> list[Manifest]:
-    """Stream the pool once into text shards (bad rows rejected and counted); one manifest per shard."""
+    """Stream the pool once into text shards (bad rows rejected and counted); one manifest per shard.
+
+    An empty pool fails here, first, with "the pool is empty" and before anything is embedded or written."""
     plan = split_pool(pool_files, out_dir, text_mode=text_mode, shard_size=shard_size)
     rejected = sum(s.get("rejected", 0) for s in plan.sources)
     get_run_logger().info("pool: %d rows in %d shards, %d rejected", plan.rows, len(plan.shards), rejected)
@@ -112,22 +138,30 @@ def recall_task(
     subjects: list[str],
     config: RecallConfig,
     out_dir: str,
+    text_shards: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Write the store manifest, search, guard (every view), cap, dedup; ``recalled.jsonl``, ``leaked.jsonl``,
+    stats, the recall report and the histogram."""
     out = Path(out_dir)
-    """Write the store manifest, search, guard, dedup; ``recalled.jsonl``, ``leaked.jsonl``, stats, histogram."""
     infos = [ShardInfo(m.extra["name"], m.rows, m.extra["dim"], m.sha256) for m in shards]
     finalize_store(store_dir, infos, eval_vectors.extra.get("backend", {}))
     bench = load_benchmark(benchmark_files, subjects=subjects or None)
-    result = recall(load_vectors(eval_vectors.path), bench.ids, bench.subjects, VectorStore(store_dir), config)
+    guards = [load_vectors(p) for p in guard_view_paths(eval_vectors.path)]
+    store = VectorStore(store_dir)
+    result = recall(load_vectors(eval_vectors.path), bench.ids, bench.subjects, store, config, guards)
     paths = save_recall(result, out)
     histogram = score_histogram(result, out / "recall_scores.png")
-    (out / "recall_stats.md").write_text(stats_markdown(result.subject_stats), encoding="utf-8")
+    atomic_write_text(out / "recall_stats.md", stats_markdown(result.subject_stats))
+    report, _ = recall_report(result, pool_texts(text_shards or []))
+    atomic_write_text(out / "recall_report.md", report)
     get_run_logger().info("recalled %d rows, %d caught by the leakage guard", len(result.recalled), len(result.leaked))
+    sources = eval_vectors.extra.get("sources", [])
     return {
-        "recalled": file_manifest(paths["recalled"], "recall-rows", "recall", len(result.recalled)),
-        "leaked": file_manifest(paths["leaked"], "recall-rows", "recall", len(result.leaked)),
+        "recalled": file_manifest(paths["recalled"], "recall-rows", "recall", len(result.recalled), sources=sources),
+        "leaked": file_manifest(paths["leaked"], "recall-rows", "recall", len(result.leaked), sources=sources),
         "histogram": str(histogram),
         "stats": result.subject_stats,
+        "report": report,
     }
 
 
@@ -142,13 +176,22 @@ def decontaminate_and_mix(
     decontam_n: int,
     mix: MixConfig,
     out_dir: str,
+    sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Drop rows overlapping the eval set by ``decontam_n`` characters, mix in random rows, write train + control."""
+    """Drop rows that copy the eval set (``decontam_n`` shared characters, or a near copy of a question), mix in
+    random rows, write train + control (their manifests list the pool's ``sources``)."""
     bench = load_benchmark(benchmark_files, subjects=subjects or None)
     rows, leaked = load_recall(Path(recalled.path).parent)
     ids = [i for m in shards for i in Path(m.path).with_suffix(".ids.txt").read_text(encoding="utf-8").splitlines()]
     outcome = build_training_sets(
-        pool_files, ids, rows, {r.id for r in leaked}, NgramIndex(bench.questions, decontam_n), out_dir, mix
+        pool_files,
+        ids,
+        rows,
+        {r.id for r in leaked},
+        Decontaminator(bench.questions, decontam_n),
+        out_dir,
+        mix,
+        sources=sources or [],
     )
     for warning in outcome.warnings:
         get_run_logger().warning(warning)

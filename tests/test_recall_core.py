@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +164,9 @@ def test_recall_thresholds_guard_decontamination_and_outputs(bench_dir: Path, po
     ids = store.all_ids()
     q = np.asarray(np.load(out / "eval_vectors" / "eval-00000.npy"), np.float32)
     sims = q @ pool.T
-    leaked = {ids[j] for j in np.nonzero((sims > cfg.max_similarity).any(axis=0))[0]}
+    views = [np.asarray(np.load(p), np.float32) for p in sorted((out / "eval_vectors").glob("guard-*.npy"))]
+    assert len(views) == 3  # question, question + options, question + answer
+    leaked = {ids[j] for v in views for j in np.nonzero((v @ pool.T > cfg.max_similarity).any(axis=0))[0]}
     expected = set()
     for i in range(len(q)):
         top = np.argsort(-sims[i], kind="stable")[: cfg.top_k]
@@ -287,70 +287,20 @@ def test_sentence_transformers_backend_minilm(tmp_path: Path) -> None:
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
 
 
-class _MiniEmbeddings(BaseHTTPRequestHandler):
-    """The OpenAI embeddings protocol in a few lines (used when tests/fakes/openai_server.py is absent)."""
-
-    requests = 0
-    fail_first = 0
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests += 1
-        if type(self).fail_first > 0:
-            type(self).fail_first -= 1
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = []
-        for i, text in enumerate(body["input"]):
-            rng = np.random.default_rng(sum(text.encode()))
-            data.append({"object": "embedding", "index": i, "embedding": rng.standard_normal(8).tolist()})
-        payload = json.dumps(
-            {
-                "object": "list",
-                "data": data[::-1],
-                "model": body["model"],
-                "usage": {"prompt_tokens": 1, "total_tokens": 1},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def embeddings_server():
-    """(base_url, request counter, add one 503 fault): the project's fake server, or the mini one above."""
-    try:
-        from tests.fakes.openai_server import FakeOpenAIServer
-    except ImportError:
-        FakeOpenAIServer = None
-    if FakeOpenAIServer is not None:
-        with FakeOpenAIServer(embedding_dim=8) as server:
-            yield server.base_url, lambda: server.by_path.get("/v1/embeddings", 0), lambda: server.add_faults("503")
-        return
-    _MiniEmbeddings.requests = 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _MiniEmbeddings)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    """The project's fake OpenAI server: (base_url, embeddings request counter, add one 503 fault, add one 400)."""
+    from tests.fakes.openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(embedding_dim=8) as server:
         yield (
-            f"http://127.0.0.1:{httpd.server_address[1]}/v1",
-            lambda: _MiniEmbeddings.requests,
-            lambda: setattr(_MiniEmbeddings, "fail_first", 1),
+            server.base_url,
+            lambda: server.by_path.get("/v1/embeddings", 0),
+            lambda fault="503": server.add_faults(fault),
         )
-    finally:
-        httpd.shutdown()
 
 
-@pytest.mark.parametrize("use_llm_client", [True, False])
-def test_openai_api_backend_batches_retries_and_caches(embeddings_server, tmp_path: Path, use_llm_client: bool) -> None:
+def test_openai_api_backend_batches_retries_and_caches(embeddings_server, tmp_path: Path) -> None:
     base_url, count, add_fault = embeddings_server
     texts = [f"text {i}" for i in range(10)] + ["text 0"]
     options = {
@@ -359,10 +309,9 @@ def test_openai_api_backend_batches_retries_and_caches(embeddings_server, tmp_pa
         "concurrency": 2,
         "backoff_s": 0.01,
         "cache_path": str(tmp_path / "emb.sqlite"),
-        "use_llm_client": use_llm_client,
     }
     b = make_backend(EmbeddingConfig("openai-api", model="fake-embedding", batch_size=4, options=options))
-    add_fault()  # one 503: retried
+    add_fault()  # one 503: a network error, retried
     v = b.embed(texts)
     assert v.shape == (11, 8) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert np.array_equal(v[0], v[10])  # order kept, duplicates embedded once
@@ -370,6 +319,16 @@ def test_openai_api_backend_batches_retries_and_caches(embeddings_server, tmp_pa
     assert "sk-test-secret" not in json.dumps(b.fingerprint())
     again = make_backend(EmbeddingConfig("openai-api", model="fake-embedding", batch_size=4, options=options))
     assert np.array_equal(again.embed(texts), v) and count() == 4  # all from the cache
+
+
+def test_openai_api_backend_does_not_retry_a_bad_request(embeddings_server, tmp_path: Path) -> None:
+    base_url, count, add_fault = embeddings_server
+    options = {"base_url": base_url, "api_key": "sk-test-secret", "backoff_s": 0.01}
+    b = make_backend(EmbeddingConfig("openai-api", model="fake-embedding", batch_size=4, options=options))
+    add_fault("400")  # the request itself is wrong: one try, a clear error without the key
+    with pytest.raises(Exception) as err:
+        b.embed(["a", "b"])
+    assert count() == 1 and "sk-test-secret" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -438,8 +397,9 @@ def test_paired_comparison_known_p_value(tmp_path: Path) -> None:
 
 
 def test_hf_loglikelihood_batched_equals_unbatched() -> None:
-    tiny = pytest.importorskip("medtune_core.models.tiny")
-    path = tiny.tiny_model_path()
+    from medtune_core.models.tiny import tiny_model_path
+
+    path = tiny_model_path()
     reqs = [("题目：高血压首选什么药？\n答案：", " A"), ("短", " B"), ("题目：贫血的病因\n答案：", " 慢性失血")]
     one = HFCausalLM(path, batch_size=1).loglikelihood(reqs)
     many = HFCausalLM(path, batch_size=3).loglikelihood(reqs)

@@ -1,11 +1,18 @@
-"""Eval-driven recall (seed 1): embed a benchmark and a training pool, recall the nearest rows, guard against
+"""Eval-driven recall: embed a benchmark and a training pool, recall the nearest rows, guard against
 leakage, decontaminate, mix in random rows, write the training and control sets, evaluate and compare.
 
 Plain Python (no Prefect): the ``eval-driven-recall`` flow runs these steps as cached tasks.
 """
 
-from medtune_core.recall.benchmarks import Benchmark, EvalTextMode, contamination_texts, load_benchmark, question_text
-from medtune_core.recall.decontam import Contamination, NgramIndex
+from medtune_core.recall.benchmarks import (
+    GUARD_VIEWS,
+    Benchmark,
+    EvalTextMode,
+    contamination_texts,
+    load_benchmark,
+    question_text,
+)
+from medtune_core.recall.decontam import Contamination, Decontaminator, NearCopyIndex, NgramIndex
 from medtune_core.recall.embedding import (
     BACKENDS,
     EmbeddingBackend,
@@ -13,15 +20,21 @@ from medtune_core.recall.embedding import (
     NgramHashBackend,
     OpenAIEmbeddingsBackend,
     SentenceTransformersBackend,
+    backend_class,
     make_backend,
     register_backend,
 )
 from medtune_core.recall.mixing import MixConfig, MixOutcome, build_training_sets, random_count
 from medtune_core.recall.pipeline import (
+    MAX_UNK_SHARE,
     RecallPipelineConfig,
     RecallPipelineResult,
+    check_vocabulary,
+    default_recall_config,
     embed_benchmark,
+    guard_view_paths,
     load_vectors,
+    pool_texts,
     run_recall_pipeline,
 )
 from medtune_core.recall.pool import (
@@ -37,7 +50,9 @@ from medtune_core.recall.pool import (
 from medtune_core.recall.search import (
     RecallConfig,
     RecallResult,
+    most_recalled,
     recall,
+    recall_report,
     save_recall,
     score_histogram,
     search_store,
@@ -54,13 +69,17 @@ from medtune_core.recall.store import (
 
 __all__ = [
     "BACKENDS",
+    "GUARD_VIEWS",
+    "MAX_UNK_SHARE",
     "Benchmark",
     "Contamination",
+    "Decontaminator",
     "EmbeddingBackend",
     "EmbeddingConfig",
     "EvalTextMode",
     "MixConfig",
     "MixOutcome",
+    "NearCopyIndex",
     "NgramHashBackend",
     "NgramIndex",
     "OpenAIEmbeddingsBackend",
@@ -74,19 +93,26 @@ __all__ = [
     "StoreManifest",
     "TextMode",
     "VectorStore",
+    "backend_class",
     "build_store",
     "build_training_sets",
+    "check_vocabulary",
     "contamination_texts",
+    "default_recall_config",
     "embed_benchmark",
     "embed_text_shard",
     "finalize_store",
+    "guard_view_paths",
     "iter_pool",
     "load_benchmark",
     "load_vectors",
     "make_backend",
+    "most_recalled",
+    "pool_texts",
     "question_text",
     "random_count",
     "recall",
+    "recall_report",
     "record_text",
     "register_backend",
     "row_id",

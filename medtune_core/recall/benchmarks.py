@@ -28,6 +28,12 @@ class EvalTextMode(StrEnum):
 
     QUESTION = "question"
     QUESTION_OPTIONS = "question_options"
+    QUESTION_ANSWER = "question_answer"  # the question and its correct option's text
+
+
+#: The views of a test item the leakage guard compares every pool row with: a copy may carry the question alone, with
+#: its options, or with its answer, and each of those is closest to a different view.
+GUARD_VIEWS = (EvalTextMode.QUESTION, EvalTextMode.QUESTION_OPTIONS, EvalTextMode.QUESTION_ANSWER)
 
 
 @dataclass
@@ -67,8 +73,8 @@ def expand_files(paths: Iterable[str | os.PathLike[str]], suffixes: Sequence[str
             files.extend(found)
         elif p.is_file():
             files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+        else:  # a user error, not a transient one: MedtuneError is never retried
+            raise MedtuneError(f"{p}: no such file or folder")
     if not files:
         raise MedtuneError("no input file given")
     return files
@@ -126,8 +132,11 @@ def options_text(q: MultipleChoice) -> str:
 
 
 def question_text(q: MultipleChoice, mode: EvalTextMode | str = EvalTextMode.QUESTION) -> str:
-    if EvalTextMode(mode) is EvalTextMode.QUESTION_OPTIONS:
+    mode = EvalTextMode(mode)
+    if mode is EvalTextMode.QUESTION_OPTIONS:
         return f"{q.question}\n{options_text(q)}"
+    if mode is EvalTextMode.QUESTION_ANSWER and q.answer_text:
+        return f"{q.question}\n{q.answer_text}"
     return q.question
 
 

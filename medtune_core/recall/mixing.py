@@ -19,14 +19,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from medtune_core.dataio import Manifest, atomic_write, write_records
 from medtune_core.errors import MedtuneError
 from medtune_core.formats import Conversation, RecordKind, to_kind
-from medtune_core.recall.decontam import Contamination, NgramIndex, save_contaminations
+from medtune_core.recall.decontam import Contamination, save_contaminations
 from medtune_core.recall.pool import PoolRow, full_text, select_rows
 from medtune_core.recall.search import RecalledRow
 
@@ -71,6 +71,16 @@ class MixOutcome:
         }
 
 
+class TextMatcher(Protocol):
+    """What decontamination asks of a test set: the evidence and question id a text copies, or None."""
+
+    def match(self, text: str) -> tuple[str, str] | None: ...
+
+
+#: Warn when decontamination drops more than this share of the recalled rows: the threshold then recalls copies.
+NEAR_COPY_WARN_SHARE = 0.5
+
+
 def random_count(recalled: int, ratio: float) -> int:
     return round(recalled * ratio / (1.0 - ratio)) if ratio else 0
 
@@ -78,7 +88,7 @@ def random_count(recalled: int, ratio: float) -> int:
 class _Checker:
     """Decontaminate and convert pool rows to chat, remembering what was dropped and why."""
 
-    def __init__(self, index: NgramIndex) -> None:
+    def __init__(self, index: TextMatcher) -> None:
         self.index = index
         self.contaminated: dict[str, Contamination] = {}
         self.unconvertible: list[str] = []
@@ -141,7 +151,7 @@ def build_training_sets(
     pool_ids: Sequence[str],
     recalled: Sequence[RecalledRow],
     leaked_ids: set[str],
-    index: NgramIndex,
+    index: TextMatcher,
     out_dir: str | os.PathLike[str],
     config: MixConfig,
     *,
@@ -159,6 +169,13 @@ def build_training_sets(
     by_id = {r.id: r for r in recalled}
     kept = list(_take_clean([r.id for r in recalled], len(recalled), paths, checker, fmt))
     r_count = len(kept)
+    dropped = sum(1 for r in recalled if r.id in checker.contaminated)
+    if recalled and dropped / len(recalled) > NEAR_COPY_WARN_SHARE:
+        warnings.append(
+            f"{dropped} of {len(recalled)} recalled rows ({dropped / len(recalled):.0%}) copy a test item and were "
+            "dropped: the threshold recalls mostly near copies of the benchmark; raise similarity_threshold's "
+            "distance from the guard or check the pool for a copy of the benchmark"
+        )
     m_count = random_count(r_count, config.mix_ratio)
     rng = np.random.default_rng(config.seed)
     excluded = set(by_id) | leaked_ids

@@ -164,9 +164,34 @@ def split_pool(
     """
     if shard_size < 1:
         raise MedtuneError("shard_size must be at least 1")
+    files = pool_files(paths)
+    nonempty = [f for f in files if _has_content(f)]
+    if not nonempty:
+        raise MedtuneError(f"the pool is empty: {', '.join(str(f) for f in files)} hold no row")
     out = Path(out_dir)
+    created = not out.exists()
+    try:
+        return _split(nonempty, out, TextMode(text_mode), shard_size, fmt, max_rows)
+    except MedtuneError:
+        if created:  # nothing left behind but what says why: the rejects of a pool without one valid row
+            for f in out.glob("texts-*.jsonl"):
+                f.unlink()
+        raise
+
+
+def _has_content(path: Path) -> bool:
+    """Whether a file holds anything but whitespace (read in blocks: pools are large)."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 16):
+            if block.strip():
+                return True
+    return False
+
+
+def _split(
+    paths: list[Path], out: Path, mode: TextMode, shard_size: int, fmt: str | None, max_rows: int | None
+) -> PoolPlan:
     out.mkdir(parents=True, exist_ok=True)
-    mode = TextMode(text_mode)
     readers: list[DatasetReader] = []
     shards: list[str] = []
     shard_rows: list[int] = []
@@ -195,7 +220,7 @@ def split_pool(
     if buf:
         flush()
     if rows == 0:
-        raise MedtuneError("the pool holds no row with text to embed")
+        raise MedtuneError("the pool is empty: no row has text to embed (see the rejects files)")
     sources = []
     for reader in readers:
         entry = source_entry(reader)

@@ -1,16 +1,19 @@
 """Recall: nearest pool rows of every evaluation question, searched shard by shard with faiss.
 
-Per shard an index is built over its float16 vectors (as float32), every question's ``top_k`` is searched and merged
-into the running top-k, so memory holds one shard and a ``(questions, top_k)`` table, never the pool. Then:
+Per shard an index is built over its float16 vectors (as float32), every question's best rows are searched and merged
+into the running table, so memory holds one shard and a ``(questions, k)`` table, never the pool. Then:
 
 - ``similarity_threshold``: a question keeps only rows scoring at least this;
-- ``max_similarity`` (leakage guard): a row scoring more than this against ANY question is dropped everywhere (also
-  from the random mix and the control). Rows above it always reach some question's top-k unless that question has
-  ``top_k`` rows above it; for such questions an exact range search finds every row above the guard.
+- ``max_similarity`` (leakage guard): a row scoring more than this against ANY view of ANY question (the question,
+  the question with its options, the question with its answer; see ``GUARD_VIEWS``) is dropped everywhere (also from
+  the random mix and the control). The guard is an exact range search per shard, so no copy hides beyond the top-k;
+- ``max_questions_per_row`` (diversity): pairs are assigned best score first, a question taking at most ``top_k``
+  rows and a row serving at most this many questions; a generic row that is "the answer" to hundreds of questions
+  gives its places to each question's next rows (``2 * top_k`` are searched for that);
 - union + dedup: each kept row once, with its best score and the questions that recalled it.
 
-With ``index="ivf"`` / ``"hnsw"`` the search is approximate (faster on very large pools); the default ``"flat"`` is
-exact inner product, which on normalised vectors is cosine similarity.
+Scores are cosines, clipped to 1.0 (float16 vectors can overshoot by a few thousandths). With ``index="ivf"`` /
+``"hnsw"`` the top-k search is approximate (faster on very large pools); the default ``"flat"`` is exact.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class RecallConfig:
     #: Pool rows per BLAS block in faiss's exact search (its default 1024 makes small GEMMs; 16384 measured 1.6x
     #: faster here and beats a bare ``Q @ P.T``, at 64 MB of scores per 1,000 queries).
     blas_block: int = 16384
+    #: A pool row serves at most this many questions (None: no cap).
+    max_questions_per_row: int | None = 10
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -55,6 +60,13 @@ class RecallConfig:
             )
         if self.index not in ("flat", "ivf", "hnsw"):
             raise MedtuneError(f"unknown index {self.index!r} (flat, ivf, hnsw)")
+        if self.max_questions_per_row is not None and self.max_questions_per_row < 1:
+            raise MedtuneError("max_questions_per_row must be at least 1 (or None: no cap)")
+
+    @property
+    def search_k(self) -> int:
+        """Rows searched per question: twice ``top_k`` when the cap may hand places on to further rows."""
+        return self.top_k * 2 if self.max_questions_per_row is not None else self.top_k
 
 
 def _build_index(x: np.ndarray, config: RecallConfig) -> Any:
@@ -90,34 +102,45 @@ def _merge_topk(
 
 
 def search_store(
-    queries: np.ndarray, store: VectorStore, config: RecallConfig
+    queries: np.ndarray,
+    store: VectorStore,
+    config: RecallConfig,
+    guard_queries: Sequence[np.ndarray] = (),
+    *,
+    k: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, int]]]:
     """Top-k over the whole store, shard by shard, plus the leakage guard.
 
-    Returns ``(scores, rows, leaks)``: ``(nq, k)`` scores and global row indices (-1 where the pool is smaller than k)
-    and ``{row: (best score, question index)}`` of every row scoring above ``max_similarity`` against some question.
+    Returns ``(scores, rows, leaks)``: ``(nq, k)`` scores (clipped to 1.0) and global row indices (-1 where the pool
+    is smaller than k) and ``{row: (best score, question index)}`` of every row scoring above ``max_similarity``
+    against ``queries`` or any of ``guard_queries`` (other views of the same questions, same order).
     """
     import faiss
 
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or (len(store) and q.shape[1] != store.dim):
         raise MedtuneError(f"query vectors of shape {q.shape} do not match the store's dimension {store.dim}")
+    views = [q, *(np.ascontiguousarray(g, dtype=np.float32) for g in guard_queries)]
+    if any(v.shape != q.shape for v in views):
+        raise MedtuneError("every guard view must have one vector per question, like the queries")
     old_block = faiss.cvar.distance_compute_blas_database_bs
     faiss.cvar.distance_compute_blas_database_bs = config.blas_block
     try:
-        return _search_store(q, store, config)
+        return _search_store(q, np.concatenate(views), store, config, k or config.top_k)
     finally:
         faiss.cvar.distance_compute_blas_database_bs = old_block
 
 
 def _search_store(
-    q: np.ndarray, store: VectorStore, config: RecallConfig
+    q: np.ndarray, guard_q: np.ndarray, store: VectorStore, config: RecallConfig, k: int
 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, int]]]:
     import faiss
 
-    nq, k = len(q), config.top_k
+    nq = len(q)
     best_d = np.full((nq, 0), -np.inf, dtype=np.float32)
     best_i = np.full((nq, 0), -1, dtype=np.int64)
+    leaks: dict[int, tuple[float, int]] = {}
+    guard = config.max_similarity
     for offset, shard, vecs in store.iter_shards():
         if shard.rows == 0:
             continue
@@ -125,37 +148,46 @@ def _search_store(
         index = _build_index(x, config)
         d, i = index.search(q, min(k, shard.rows))
         i = np.where(i >= 0, i + offset, -1).astype(np.int64)
-        best_d, best_i = _merge_topk(best_d, best_i, d, i, k)
+        best_d, best_i = _merge_topk(best_d, best_i, np.minimum(d, 1.0), i, k)
+        if guard is not None and guard < 1.0:
+            flat = index if isinstance(index, faiss.IndexFlatIP) else faiss.IndexFlatIP(store.dim)
+            if flat is not index:
+                flat.add(x)
+            lims, dist, idx = flat.range_search(guard_q, float(guard))
+            for j in np.nonzero(np.diff(lims))[0].tolist():
+                for s, r in zip(dist[lims[j] : lims[j + 1]].tolist(), idx[lims[j] : lims[j + 1]].tolist(), strict=True):
+                    _note_leak(leaks, int(r) + offset, min(float(s), 1.0), j % nq)
         del index, x
     if best_d.shape[1] < k:  # pool smaller than k: pad
         pad = k - best_d.shape[1]
         best_d = np.concatenate([best_d, np.full((nq, pad), -np.inf, np.float32)], axis=1)
         best_i = np.concatenate([best_i, np.full((nq, pad), -1, np.int64)], axis=1)
-    leaks: dict[int, tuple[float, int]] = {}
-    guard = config.max_similarity
-    if guard is not None:
-        qs, cols = np.nonzero((best_d > guard) & (best_i >= 0))
-        for qi, c in zip(qs.tolist(), cols.tolist(), strict=True):
-            _note_leak(leaks, int(best_i[qi, c]), float(best_d[qi, c]), qi)
-        saturated = np.nonzero(best_d[:, -1] > guard)[0]  # all k above the guard: more may hide beyond k
-        if len(saturated):
-            for offset, shard, vecs in store.iter_shards():
-                if shard.rows == 0:
-                    continue
-                flat = faiss.IndexFlatIP(store.dim)
-                flat.add(np.ascontiguousarray(vecs, dtype=np.float32))
-                lims, dist, idx = flat.range_search(q[saturated], float(guard))
-                for j, qi in enumerate(saturated.tolist()):
-                    for s, r in zip(
-                        dist[lims[j] : lims[j + 1]].tolist(), idx[lims[j] : lims[j + 1]].tolist(), strict=True
-                    ):
-                        _note_leak(leaks, int(r) + offset, float(s), qi)
     return best_d, best_i, leaks
 
 
 def _note_leak(leaks: dict[int, tuple[float, int]], row: int, score: float, qi: int) -> None:
     if row not in leaks or score > leaks[row][0]:
         leaks[row] = (score, qi)
+
+
+def assign_capped(scores: np.ndarray, rows: np.ndarray, keep: np.ndarray, top_k: int, cap: int | None) -> np.ndarray:
+    """Which kept pairs survive: best score first, at most ``top_k`` rows per question, ``cap`` questions per row.
+
+    Ties go to the lower question index, then the earlier column (deterministic)."""
+    out = np.zeros_like(keep)
+    qs, cols = np.nonzero(keep)
+    order = np.lexsort((cols, qs, -scores[qs, cols]))
+    per_q = np.zeros(len(scores), dtype=np.int64)
+    per_row: dict[int, int] = defaultdict(int)
+    for j in order.tolist():
+        qi, c = int(qs[j]), int(cols[j])
+        r = int(rows[qi, c])
+        if per_q[qi] >= top_k or (cap is not None and per_row[r] >= cap):
+            continue
+        per_q[qi] += 1
+        per_row[r] += 1
+        out[qi, c] = True
+    return out
 
 
 @dataclass
@@ -212,15 +244,17 @@ def recall(
     subjects: Sequence[str],
     store: VectorStore,
     config: RecallConfig,
+    guard_vectors: Sequence[np.ndarray] = (),
 ) -> RecallResult:
-    """Search, apply threshold and leakage guard, union + dedup, and per-subject statistics."""
+    """Search, apply threshold, leakage guard (over every view) and the per-row cap; union + dedup; statistics."""
     if not (len(query_vectors) == len(question_ids) == len(subjects)):
         raise MedtuneError("query vectors, question ids and subjects differ in length")
-    scores, rows, leaks = search_store(query_vectors, store, config)
+    scores, rows, leaks = search_store(query_vectors, store, config, guard_vectors, k=config.search_k)
     valid = rows >= 0
     keep = valid & (scores >= config.similarity_threshold)
     if leaks:
         keep &= ~np.isin(rows, np.fromiter(leaks, dtype=np.int64))
+    keep = assign_capped(scores, rows, keep, config.top_k, config.max_questions_per_row)
     names = _ids_of(store, [*rows[keep].tolist(), *leaks])
     by_row: dict[int, list[tuple[float, str]]] = defaultdict(list)
     per_question: dict[str, int] = {}
@@ -238,7 +272,15 @@ def recall(
         (LeakedRow(names[r], s, question_ids[qi]) for r, (s, qi) in leaks.items()), key=lambda x: (-x.score, x.id)
     )
     stats = _subject_stats(scores, rows, keep, question_ids, subjects, leaks, config)
-    return RecallResult(recalled, leaked, per_question, stats, scores[valid].astype(np.float32), asdict(config))
+    top_scores = scores[:, : config.top_k]
+    return RecallResult(
+        recalled,
+        leaked,
+        per_question,
+        stats,
+        top_scores[rows[:, : config.top_k] >= 0].astype(np.float32),
+        asdict(config),
+    )
 
 
 def _subject_stats(
@@ -267,6 +309,7 @@ def _subject_stats(
                 "subject": subject,
                 "questions": len(idx),
                 "questions_with_hits": int(k.any(axis=1).sum()),
+                "coverage": round(float(k.any(axis=1).mean()), 4) if len(idx) else 0.0,
                 "recalled_pairs": int(k.sum()),
                 "unique_rows": len(set(rows[idx][k].tolist())),
                 "mean_top1": round(float(top1.mean()), 4) if len(top1) else None,
@@ -277,11 +320,61 @@ def _subject_stats(
     return out
 
 
+def most_recalled(result: RecallResult, n: int = 10) -> dict[str, Any]:
+    """The ``n`` rows recalled for the most questions and their share of all (question, row) pairs."""
+    pairs = sum(len(r.questions) for r in result.recalled)
+    top = sorted(result.recalled, key=lambda r: (-len(r.questions), r.id))[:n]
+    rows = [
+        {
+            "id": r.id,
+            "questions": len(r.questions),
+            "share": round(len(r.questions) / pairs, 4),
+            "best": round(r.score, 4),
+        }
+        for r in top
+    ]
+    covered = sum(len(r.questions) for r in top)
+    return {
+        "pairs": pairs,
+        "rows": len(result.recalled),
+        "top": rows,
+        "top_share": round(covered / pairs, 4) if pairs else 0.0,
+    }
+
+
+def recall_report(result: RecallResult, texts: dict[str, str] | None = None, n: int = 10) -> tuple[str, dict[str, Any]]:
+    """Markdown and JSON of what the recall found: coverage per subject, the most-recalled rows and their share.
+
+    A row recalled for many questions is usually generic rather than about any one of them; a high top-``n`` share
+    says the recall is dominated by a few rows (lower ``max_questions_per_row`` or raise the threshold)."""
+    top = most_recalled(result, n)
+    lines = ["## Recall report", "", "### Coverage per subject", ""]
+    cols = ["subject", "questions", "questions_with_hits", "coverage", "recalled_pairs", "unique_rows", "leaked_rows"]
+    lines.append(stats_markdown([{c: r[c] for c in cols} for r in result.subject_stats]))
+    lines += [
+        f"### The {len(top['top'])} most-recalled rows: {top['top_share']:.1%} of {top['pairs']} pairs "
+        f"({top['rows']} rows recalled)",
+        "",
+        "| row | questions | share of pairs | best score | text |",
+        "|---|---|---|---|---|",
+    ]
+    for r in top["top"]:
+        text = (texts or {}).get(r["id"], "").replace("\n", " ").replace("|", "/")[:60]
+        lines.append(f"| {r['id']} | {r['questions']} | {r['share']:.1%} | {r['best']:.3f} | {text} |")
+    return "\n".join(lines) + "\n", {"subjects": result.subject_stats, "most_recalled": top}
+
+
 def stats_markdown(stats: list[dict[str, Any]]) -> str:
     cols = list(stats[0]) if stats else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in stats]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in stats]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
