@@ -4,11 +4,14 @@ Loaded as a pytest plugin (``pytest_plugins = ["tests.e2e_server"]`` in each e2e
 session-scoped ``prefect_stack`` fixture is ONE server shared by every e2e module of the run, started on first
 use and torn down (whole process groups) at the end of the session.
 
-The stack: ``prefect server start`` on 127.0.0.1 on a free port (SQLite under a temporary ``PREFECT_HOME``,
-scheduler service off so the nightly schedule cannot start a run mid-test), ``medtune deploy`` against it
-(pools ``medtune-cpu`` / ``medtune-cuda`` and every deployment of ``deployments/prefect.yaml``), and one
-process worker per pool. Flow runs get a temporary ``MEDTUNE_HOME`` (results, caches) but the test session's
-``MEDTUNE_MODELS_DIR`` (models materialised once per machine).
+The stack: ``prefect server start`` on 127.0.0.1 on a free port (SQLite under a temporary ``PREFECT_HOME``) with
+the services an operator relies on: the scheduler (the nightly cron creates its runs) and the triggers (the crash
+automation of ``medtune deploy``); ``medtune deploy`` against it (pools ``medtune-cpu`` / ``medtune-cuda``, every
+deployment of ``deployments/prefect.yaml``, the crash automation), and one process worker per pool. Flow runs get
+a temporary ``MEDTUNE_HOME`` (results, caches) but the test session's ``MEDTUNE_MODELS_DIR`` (models materialised
+once per machine). Nothing but ``MEDTUNE_HOME`` tells a flow run where its results go (the run's own process
+applies medtune's settings), and :meth:`PrefectStack.machine_env` builds a second "machine" (its own homes and
+folders) for the multi-worker tests.
 
 :class:`PrefectStack` talks to the REST API with plain HTTP, the way the UI does.
 """
@@ -16,6 +19,7 @@ process worker per pool. Flow runs get a temporary ``MEDTUNE_HOME`` (results, ca
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
@@ -29,9 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 REPO = Path(__file__).resolve().parent.parent
+#: Training settings that finish in seconds on CPU (with the tiny model).
+QUICK = {"max_steps": 2, "batch_size": 2, "max_length": 96, "save_steps": 1000, "report_to": []}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 #: The state the UI sends with the form's parameters from Run → Quick run (a form when a deployment has required
 #: parameters; Prefect 3.8, UI v2): body = {parameters, enforce_parameter_schema, state}.
@@ -44,6 +53,8 @@ UI_RUN_STATE = {
 #: Statuses a client should retry (Prefect's client retries these too), and how many tries (~1 min of backoff).
 RETRYABLE = {429, 502, 503}
 RETRIES = 10
+#: Seconds without a heartbeat before medtune's automation marks a run Crashed (heartbeats every 30 s here).
+CRASH_AFTER_S = 50
 UI_RETRY = {"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True}
 
 
@@ -58,6 +69,24 @@ def _tail(path: Path, chars: int = 4000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
+
+
+def form_parameters(deployment: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The deployment's parameters with ``overrides`` set in its ``params`` model, valid for its form schema.
+
+    Every overridden field must be a field of the form (the schema's ``params`` definition), and the whole
+    body must validate against the schema with its ``$ref``s resolved, as the UI checks it before sending.
+    """
+    schema = deployment["parameter_openapi_schema"]
+    ref = schema["properties"]["params"]["$ref"]
+    model = Registry().with_resource("urn:form", DRAFT202012.create_resource(schema)).resolver("urn:form")
+    model = model.lookup(ref).contents
+    unknown = set(overrides) - set(model["properties"])
+    assert not unknown, f"{deployment['name']}: not fields of the form: {sorted(unknown)}"
+    parameters = copy.deepcopy(deployment["parameters"])
+    parameters.setdefault("params", {}).update(overrides)
+    jsonschema.validate(parameters, schema)
+    return parameters
 
 
 class PrefectStack:
@@ -76,6 +105,7 @@ class PrefectStack:
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self.http = httpx.Client(base_url=self.api_url, timeout=30)
         self.env = self._env()
+        self.deployed_at = 0.0
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -84,35 +114,49 @@ class PrefectStack:
             PREFECT_API_URL=self.api_url,
             PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
             # Services the tests never exercise: each one is another SQLite writer on a 2-core CI machine.
-            PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
             PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
             PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED="false",
             PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED="false",
             PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED="false",
             PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true",
             PREFECT_API_DATABASE_TIMEOUT="30",
-            PREFECT_RESULTS_PERSIST_BY_DEFAULT="true",
-            PREFECT_LOCAL_STORAGE_PATH=str(self.medtune_home / "results"),
             PREFECT_LOGGING_LEVEL="INFO",
+            # Prefect's shortest heartbeat; a run silent for CRASH_AFTER_S is Crashed by medtune's automation.
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+            MEDTUNE_CRASH_AFTER_S=str(CRASH_AFTER_S),
             PREFECT_WORKER_QUERY_SECONDS="2",
             PREFECT_WORKER_PREFETCH_SECONDS="5",
             MEDTUNE_HOME=str(self.medtune_home),
             MEDTUNE_MODELS_DIR=os.environ["MEDTUNE_MODELS_DIR"],
             MEDTUNE_CHECKOUT=str(REPO),
+            MEDTUNE_E2E_STACK=str(self.root),
             PYTHONUNBUFFERED="1",
         )
-        env.pop("MEDTUNE_RESULT_STORAGE", None)
+        for key in ("MEDTUNE_RESULT_STORAGE", "MEDTUNE_SHARED_DIR", "MEDTUNE_CUDA_START_TIMEOUT_S"):
+            env.pop(key, None)
         return env
+
+    def machine_env(self, name: str, **extra: str) -> tuple[dict[str, str], Path]:
+        """The environment and working folder of another "machine": its own ``PREFECT_HOME``, ``MEDTUNE_HOME``
+        and folder, the same server (and ``extra``, e.g. the shared storage block and location)."""
+        base = self.root / "machines" / name
+        work = base / "work"
+        for d in (base / "prefect-home", base / "medtune-home", work):
+            d.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in self.env.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
+        env.update(PREFECT_HOME=str(base / "prefect-home"), MEDTUNE_HOME=str(base / "medtune-home"), **extra)
+        return env, work
 
     # ------------------------------------------------------------------------------------------ processes
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+    ) -> subprocess.Popen[bytes]:
         log = self.root / f"{name}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                args, cwd=REPO, env=env or self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                args, cwd=cwd, env=env or self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.procs[name] = (proc, log)
         return proc
@@ -134,16 +178,40 @@ class PrefectStack:
                 os.kill(pid, signal.SIGKILL)
         self.http.close()
 
-    def stray_pids(self) -> list[int]:
-        """Processes still carrying this stack's MEDTUNE_HOME: only ever started by this stack."""
-        marker = f"MEDTUNE_HOME={self.medtune_home}".encode()
+    def stray_pids(self, *markers: str) -> list[int]:
+        """Processes whose environment has this stack's MEDTUNE_E2E_STACK (only ever started by this stack) and
+        every one of ``markers`` (``KEY=value``)."""
+        wanted = {f"MEDTUNE_E2E_STACK={self.root}".encode(), *(m.encode() for m in markers)}
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
                 with contextlib.suppress(OSError):
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    if wanted <= set((entry / "environ").read_bytes().split(b"\0")):
                         pids.append(int(entry.name))
         return pids
+
+    def worker(self, name: str, pool: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
+        """``prefect worker start --pool POOL`` as process ``name``."""
+        self.start(name, sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, env=env, cwd=cwd)
+
+    def kill9(self, name: str, *markers: str) -> None:
+        """``kill -9`` process ``name`` and the processes it started (flow runs live in sessions of their own and
+        are found by ``markers``, e.g. ``MEDTUNE_HOME=...`` of that "machine"): the machine died."""
+        proc, _ = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in self.stray_pids(*markers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+    def python(self, code: str, env: dict[str, str] | None = None) -> str:
+        """Run ``code`` in a Python process with the stack's (or ``env``) environment; returns its stdout."""
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env=env or self.env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
 
     def process_logs(self) -> str:
         return "\n".join(f"--- {name} ({log}) ---\n{_tail(log)}" for name, (_, log) in self.procs.items())
@@ -195,6 +263,25 @@ class PrefectStack:
         """Create a flow run exactly as the UI's Run dialog does."""
         body = {"parameters": parameters, "enforce_parameter_schema": True, "state": UI_RUN_STATE}
         return self.post(f"/deployments/{deployment['id']}/create_flow_run", body)
+
+    def copy_deployment(self, deployment: dict[str, Any], name: str, pool: str) -> dict[str, Any]:
+        """``deployment`` again as ``name`` on work pool ``pool`` (created like ``medtune deploy`` makes its own,
+        from the process worker's template), so that a test's runs go only to that test's workers."""
+        template = self.get("/work_pools/medtune-cpu")["base_job_template"]
+        r = self.http.post("/work_pools/", json={"name": pool, "type": "process", "base_job_template": template})
+        assert r.status_code in (201, 409), r.text
+        keys = (
+            "flow_id",
+            "entrypoint",
+            "pull_steps",
+            "parameter_openapi_schema",
+            "parameters",
+            "job_variables",
+            "path",
+        )
+        body = {k: deployment[k] for k in keys}
+        body.update(name=name, work_pool_name=pool, work_queue_name="default", enforce_parameter_schema=True)
+        return self.get(f"/deployments/{self.post('/deployments/', body)['id']}")
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         return self.get(f"/flow_runs/{run_id}")
@@ -261,6 +348,7 @@ def prefect_stack() -> Iterator[PrefectStack]:
     try:
         stack.start("server", py, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port))
         stack.wait_healthy()
+        stack.deployed_at = time.time()
         medtune = Path(py).with_name("medtune")
         cmd = [str(medtune)] if medtune.exists() else [py, "-m", "flows.cli"]
         deploy = subprocess.run(
@@ -268,7 +356,7 @@ def prefect_stack() -> Iterator[PrefectStack]:
         )
         assert deploy.returncode == 0, f"medtune deploy failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
         for pool in ("medtune-cpu", "medtune-cuda"):
-            stack.start(f"worker-{pool}", py, "-m", "prefect", "worker", "start", "--pool", pool)
+            stack.worker(f"worker-{pool}", pool)
         yield stack
     finally:
         stack.stop_all()

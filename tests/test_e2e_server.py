@@ -8,16 +8,13 @@ with) plus small settings, checked against the deployment's ``parameter_openapi_
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import pytest
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 from medtune_core.models.tiny import tiny_model_path
+from tests.e2e_server import QUICK, form_parameters
 
 if TYPE_CHECKING:
     from tests.e2e_server import PrefectStack
@@ -27,26 +24,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "medtune_core" / "samples"
-QUICK = {"max_steps": 2, "batch_size": 2, "max_length": 96, "save_steps": 1000, "report_to": []}
 RUN_TIMEOUT_S = 420
-
-
-def form_parameters(deployment: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The deployment's parameters with ``overrides`` set in its ``params`` model, valid for its form schema.
-
-    Every overridden field must be a field of the form (the schema's ``params`` definition), and the whole
-    body must validate against the schema with its ``$ref``s resolved, as the UI checks it before sending.
-    """
-    schema = deployment["parameter_openapi_schema"]
-    ref = schema["properties"]["params"]["$ref"]
-    model = Registry().with_resource("urn:form", DRAFT202012.create_resource(schema)).resolver("urn:form")
-    model = model.lookup(ref).contents
-    unknown = set(overrides) - set(model["properties"])
-    assert not unknown, f"{deployment['name']}: not fields of the form: {sorted(unknown)}"
-    parameters = copy.deepcopy(deployment["parameters"])
-    parameters.setdefault("params", {}).update(overrides)
-    jsonschema.validate(parameters, schema)
-    return parameters
 
 
 def small_settings(work: Path) -> dict[str, dict[str, Any]]:
@@ -66,6 +44,7 @@ def small_settings(work: Path) -> dict[str, dict[str, Any]]:
             "stages": [{"stage": "sft", "train_files": [sft], "settings": QUICK}],
             "output_dir": str(work / "rlhf"),
             # the stage goes to the CUDA pool's worker through the train-stage/cuda deployment
+            "device": "cuda-pool",
             "cuda_deployment": "train-stage/cuda",
         },
         "train-stage/cuda": {
