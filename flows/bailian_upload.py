@@ -11,13 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
 import medtune_core
-from medtune_core.bailian import HyperParameters, JobSpec, check_cost_ceiling
-from medtune_core.bailian.split import MB
-from medtune_core.dataio import Policy
+from medtune_core.bailian import (
+    MIN_TRAINING_ROWS,
+    HyperParameters,
+    JobSpec,
+    check_cost_ceiling,
+    max_part_bytes,
+    too_few_rows,
+)
+from medtune_core.dataio import Manifest, Policy
+from medtune_core.errors import MedtuneError
 from medtune_core.params import ExistingPath, HttpUrl, OutputDir, StrictParams
 from tasks.artifacts import publish_markdown, publish_table
 from tasks.bailian import (
@@ -58,6 +65,9 @@ class BailianUploadParams(StrictParams):
         default_factory=lambda: ["train", "dev"],
         description="Splits to convert; train files are trained on, dev files validate, test is only converted.",
     )
+    language: Literal["auto", "zh", "en"] = Field(
+        "auto", description="Prompt language: auto (read from each file's text), zh or en."
+    )
     system_prompt: str | None = Field(None, description="Replace the default system prompt (both languages).")
     policy: Policy = Field(Policy.STRICT, description="strict: stop at the first bad row; skip: reject it.")
     model: str = Field("qwen2.5-7b-instruct", description="Base model (qwen2.5-7b/14b/32b-instruct, ...).")
@@ -65,14 +75,25 @@ class BailianUploadParams(StrictParams):
         "efficient_sft", description="efficient_sft = LoRA, sft = full fine-tuning."
     )
     hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
-    max_file_mb: float = Field(300.0, gt=0, le=300.0, description="Split files larger than this (Bailian: 300 MB).")
+    max_file_mb: float = Field(
+        300.0, gt=0, le=300.0, description="Split files larger than this, decimal MB (parts stay 2% under 300 MB)."
+    )
     max_rows_per_file: int | None = Field(None, ge=1, description="Also split after this many rows.")
     prices: dict[str, float] = Field(default_factory=dict, description="Training price overrides, CNY per 1k tokens.")
+    min_training_rows: int = Field(
+        MIN_TRAINING_ROWS,
+        ge=1,
+        description=f"Refuse to upload fewer training rows (Bailian needs {MIN_TRAINING_ROWS:,}); a dry run warns.",
+    )
     dry_run: bool = Field(True, description="Stop after convert, split and estimate: nothing uploaded, nothing paid.")
     max_cost: float = Field(20.0, ge=0, description="Refuse to upload when the estimate exceeds this (CNY).")
     confirm_cost: bool = Field(False, description=f"Required when max_cost is above {CONFIRM_ABOVE:.0f} CNY.")
-    region: Literal["cn-beijing", "ap-southeast-1"] = Field("cn-beijing", description="Bailian region.")
-    base_url: HttpUrl | None = Field(None, description="DashScope API URL override (e.g. a proxy or a test server).")
+    region: Literal["cn-beijing", "ap-southeast-1"] | None = Field(
+        None, description="Bailian region; default DASHSCOPE_API_REGION, else cn-beijing."
+    )
+    base_url: HttpUrl | None = Field(
+        None, description="DashScope API URL; default DASHSCOPE_HTTP_BASE_URL, else the region's URL."
+    )
     workspace: str | None = Field(None, description="Bailian workspace id.")
     api_key_block: str | None = Field(None, description="Prefect Secret block with the key (else DASHSCOPE_API_KEY).")
     registry: Path | None = Field(
@@ -120,6 +141,11 @@ class BailianUploadParams(StrictParams):
         )
 
 
+def rejected_in(path: str, converted: list[Manifest]) -> int:
+    """Rows the conversion of ``path`` rejected (``policy=skip``)."""
+    return sum((m.rejects or {}).get("count", 0) for m in converted if m.path == path)
+
+
 @flow(name="bailian-upload", log_prints=True)
 def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
     """Convert, split and estimate; unless dry run, upload and fine-tune. Returns output paths and job facts."""
@@ -130,7 +156,7 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
             convert_medqa_files,
             params.source_files,
             out,
-            "auto",
+            params.language,
             "train",
             params.system_prompt,
             params.policy,
@@ -140,7 +166,7 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
             convert_medqa_files,
             params.validation_files,
             out,
-            "auto",
+            params.language,
             "dev",
             params.system_prompt,
             params.policy,
@@ -156,8 +182,9 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
             list(params.splits),
             params.system_prompt,
             params.policy,
+            params.language,
         )
-    max_bytes = int(params.max_file_mb * MB)
+    max_bytes = max_part_bytes(params.max_file_mb)
     parts = {m.path: call_fresh(split_for_upload, m, m.path, max_bytes, params.max_rows_per_file) for m in converted}
     split_of = {m.path: m.extra.get("split", "train") for m in converted}
     tokens = {p.path: count_tokens(p, p.path, params.hyper_parameters.max_length) for ps in parts.values() for p in ps}
@@ -175,6 +202,7 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
                     "tokens": t["tokens"],
                     "max_row_tokens": t["max_row_tokens"],
                     "over_max_length": t["rows_over_max_length"],
+                    "rejected": rejected_in(src, converted) if p is ps[0] else 0,
                 }
             )
     publish_table("bailian-files", rows, "Bailian files: rows, bytes and Qwen tokens per split and part")
@@ -188,13 +216,26 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
         [tokens[p.path] for p in val_parts],
         params.prices,
     )
-    publish_markdown("bailian-estimate", f"**Estimated training cost** — {estimate['summary']}\n", "Cost estimate")
+    training_rows = sum(p.rows for p in train_parts)
+    rejected = sum(rejected_in(m.path, converted) for m in converted)
+    few = too_few_rows(training_rows, params.min_training_rows)
+    note = f"\n\n**Warning** — {few}\n" if few else ""
+    publish_markdown(
+        "bailian-estimate", f"**Estimated training cost** — {estimate['summary']}\n{note}", "Cost estimate"
+    )
     outputs = {Path(p.path).stem: p.path for ps in parts.values() for p in ps}
     outputs["estimated_cost_cny"] = f"{estimate['cost']:.4f}"
+    outputs["training_rows"] = str(training_rows)
+    outputs["rejected_rows"] = str(rejected)
+    if few:
+        get_run_logger().warning("%s", few)
+        outputs["warning"] = few
     if params.dry_run:
-        print(f"dry run: {estimate['summary']}; nothing uploaded")
+        print(f"dry run: {estimate['summary']}; {rejected} rows rejected; nothing uploaded")
         return outputs
 
+    if few:
+        raise MedtuneError(f"{few}. Not uploading: add data, or set min_training_rows={training_rows} to send anyway")
     check_cost_ceiling(estimate["cost"], params.max_cost)
     endpoint = params.endpoint()
     train_ids = [upload_file(p, endpoint)["file_id"] for p in train_parts]

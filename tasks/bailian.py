@@ -1,10 +1,10 @@
 """Bailian tasks: convert, split, count tokens, estimate, upload (one task per file), create job, wait.
 
-Thin wrappers over :mod:`medtune_core.bailian`. Each is cached by content (a re-run over unchanged inputs
-does nothing) and the remote ones retry transient failures. Below the Prefect cache, the core client's
-registry makes upload and job creation idempotent on its own: even with the cache gone (another machine, a
-crash between the call and the cache write) a file is not uploaded twice and a job is not created twice.
-The API key is resolved inside each remote task at run time: it is never a task input, result or artifact.
+Thin wrappers over :mod:`medtune_core.bailian`. The local steps are cached by content (a re-run over unchanged
+inputs does nothing). Upload and job creation are not cached: the server is the truth, and the core client asks
+it every time (a file deleted in the console is uploaded again, the newest job for the same inputs wins) while
+never sending a file or creating a job twice, on any machine, after any crash. The API key is resolved inside each
+remote task at run time: it is never a task input, result or artifact.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from medtune_core.bailian import (
     convert_medqa_tree,
     count_file_tokens,
     estimate_cost,
+    resolve_api_key,
     split_file,
 )
 from medtune_core.bailian.tokens import FileTokens
@@ -38,14 +39,15 @@ KEY_ENV = ("DASHSCOPE_API_KEY", "MEDTUNE_DASHSCOPE_API_KEY")
 class BailianEndpoint(BaseModel):
     """Where the remote tasks talk to; no secret in here (the key is resolved inside each task)."""
 
-    region: str = "cn-beijing"
-    base_url: str | None = None
+    region: str | None = Field(None, description="Bailian region; default DASHSCOPE_API_REGION, else cn-beijing.")
+    base_url: str | None = Field(None, description="API URL; default DASHSCOPE_HTTP_BASE_URL, else the region's.")
     workspace: str | None = None
     registry: str | None = Field(None, description="Upload/job registry file; default $MEDTUNE_HOME/bailian.")
     api_key_block: str | None = Field(None, description="Prefect Secret block holding the key (else the env).")
 
     def client(self) -> BailianClient:
-        key = resolve_secret(KEY_ENV, self.api_key_block)
+        """A client; the key from the environment, else the Secret block, else the SDK's key file."""
+        key = resolve_secret(KEY_ENV, self.api_key_block) or resolve_api_key()
         if key is None:
             raise MedtuneError("no DashScope API key: set DASHSCOPE_API_KEY or name a Prefect Secret block")
         return BailianClient(
@@ -61,6 +63,7 @@ def convert_medqa(
     splits: list[str],
     system_prompt: str | None = None,
     policy: Policy = Policy.STRICT,
+    language: str = "auto",
 ) -> list[Manifest]:
     """A MedQA tree → ``output_dir/<subset>_<split>.jsonl`` in Bailian's format, one manifest each."""
     manifests = convert_medqa_tree(
@@ -70,11 +73,23 @@ def convert_medqa(
         splits=splits,
         prompts=BailianPrompts().with_system(system_prompt),
         policy=policy,
+        language=language,  # type: ignore[arg-type]
     )
+    _log_converted(manifests)
+    return manifests
+
+
+def _log_converted(manifests: list[Manifest]) -> None:
     logger = get_run_logger()
     for m in manifests:
-        logger.info("%s: %d rows", Path(m.path).name, m.rows)
-    return manifests
+        rejected = (m.rejects or {}).get("count", 0)
+        logger.info(
+            "%s: %d rows (%s)%s",
+            Path(m.path).name,
+            m.rows,
+            m.extra.get("language"),
+            f", {rejected} rejected → {m.rejects['path']}" if rejected else "",
+        )
 
 
 @medtune_task
@@ -88,24 +103,26 @@ def convert_medqa_files(
     names: list[str] | None = None,
 ) -> list[Manifest]:
     """Single MedQA files → ``output_dir/<name>.jsonl`` (``names``: one per file, default the file's stem);
-    ``auto`` language is English for paths under ``US``."""
+    ``auto`` language reads each file's text (English for paths under ``US`` where the text cannot tell)."""
     prompts = BailianPrompts().with_system(system_prompt)
     names = names or [Path(f).stem for f in files]
     if len(names) != len(files) or len(set(names)) != len(names):
         raise MedtuneError(f"convert_medqa_files: output names must be one per file and distinct, got {names}")
     out = []
     for f, name in zip(files, names, strict=True):
-        lang = language if language != "auto" else ("en" if "US" in Path(f).parts else "zh")
         out.append(
             convert_medqa_file(
                 f,
                 output_dir / f"{name}.jsonl",
-                language=lang,  # type: ignore[arg-type]
+                language=language,  # type: ignore[arg-type]
+                fallback_language="en" if "US" in Path(f).parts else "zh",
                 prompts=prompts,
                 policy=policy,
                 extra={"dataset": name, "split": split},
             )
         )
+    if out:
+        _log_converted(out)
     return out
 
 
@@ -153,19 +170,21 @@ def estimate_training_cost(
     return {**est.as_dict(), "summary": est.summary()}
 
 
-@medtune_task(retry="network")
+@medtune_task(retry="network", cache=False)
 def upload_file(manifest: Manifest, endpoint: BailianEndpoint) -> dict[str, Any]:
-    """Upload one file (once: the registry and the remote list are checked first)."""
+    """Upload one file once: the server is asked every run (by the file's sha256), so a file deleted there is
+    uploaded again and a file uploaded from another machine, or before a crash, is not."""
     info = endpoint.client().upload(manifest.path, description=f"medtune {Path(manifest.path).name}")
     verb = "already on Bailian as" if info.reused else "uploaded as"
     get_run_logger().info("%s %s %s", Path(manifest.path).name, verb, info.file_id)
     return {"file_id": info.file_id, "name": info.name, "sha256": info.sha256, "reused": info.reused}
 
 
-@medtune_task(retry="network")
+@medtune_task(retry="network", cache=False)
 def create_fine_tune(spec: JobSpec, endpoint: BailianEndpoint, recreate_failed: bool = False) -> dict[str, Any]:
-    """Create the fine-tune job for ``spec`` (once: the same spec returns the job created before, unless that job
-    ended FAILED or CANCELED and ``recreate_failed`` asks for a new one)."""
+    """Create the fine-tune job for ``spec`` once: the server's newest job for the same inputs comes back instead,
+    unless it ended FAILED or CANCELED and ``recreate_failed`` asks for a new one. Not cached: a cached job could be
+    one the server has since replaced."""
     job = endpoint.client().create_job(spec, recreate_failed=recreate_failed)
     get_run_logger().info("fine-tune job %s: %s%s", job.job_id, job.status, " (existing)" if job.reused else "")
     return job.as_dict()

@@ -327,15 +327,19 @@ def test_upload_retries_5xx_then_never_uploads_twice(server, tmp_path, bailian_f
     client = make_client(server, tmp_path, sleeps)
     info = client.upload(bailian_file)
     assert not info.reused and info.file_id.startswith("file-ft-")
+    # the server's list is searched before the upload and again before the retry (a 5xx may have stored it)
     assert [(r.method, r.path, r.status) for r in server.requests] == [
         ("GET", "/api/v1/files", 200),
         ("POST", "/api/v1/files", 503),
+        ("GET", "/api/v1/files", 200),
         ("POST", "/api/v1/files", 200),
     ]
     assert server.requests[0].query == {"page_no": "1", "page_size": "100"}
-    assert server.requests[2].body["files"] == [
-        {"name": "mainland_4opt_train.jsonl", "bytes": bailian_file.stat().st_size, "sha256": info.sha256}
+    tagged = f"mainland_4opt_train.{info.sha256[:16]}.jsonl"
+    assert server.requests[3].body["files"] == [
+        {"name": tagged, "bytes": bailian_file.stat().st_size, "sha256": info.sha256}
     ]
+    assert server.requests[3].body["descriptions"] == [f"medtune sha256:{info.sha256} mainland_4opt_train.jsonl"]
     assert sleeps == [0.5]
     assert server.file_contents[info.file_id] == bailian_file.read_bytes()
 
@@ -343,8 +347,10 @@ def test_upload_retries_5xx_then_never_uploads_twice(server, tmp_path, bailian_f
     assert again.reused and again.file_id == info.file_id
     assert server.requests[-1].method == "GET" and server.requests[-1].path == f"/api/v1/files/{info.file_id}"
 
+    # another machine: no registry, and the server's list carries no md5: found by the hash in name/description
+    assert "md5" not in client.list_files()[0]
     lost = BailianClient(KEY, base_url=server.base_url, registry_path=tmp_path / "other.json")
-    assert lost.upload(bailian_file).file_id == info.file_id  # found on the remote list by name + md5
+    assert lost.upload(bailian_file).file_id == info.file_id
     assert server.count("POST", "/api/v1/files") == 2
     assert KEY not in caplog.text and KEY not in (tmp_path / "registry.json").read_text()
 
@@ -361,6 +367,8 @@ def test_job_created_once_polled_to_success_with_logs(server, tmp_path, bailian_
     )
     job = client.create_job(spec)
     (create,) = server.calls("POST", "/api/v1/fine-tunes")
+    tag = create.body.pop("model_name")
+    assert tag == "medtune-" + client.job_identity(spec)[:16]
     assert create.body == {
         "model": "qwen2.5-7b-instruct",
         "training_file_ids": [train],
@@ -387,7 +395,7 @@ def test_job_created_once_polled_to_success_with_logs(server, tmp_path, bailian_
         on_log=lines.append,
         on_status=lambda j: statuses.append(j.status),
     )
-    assert done.status == "SUCCEEDED" and done.finetuned_output == f"qwen2.5-7b-instruct-ft-{job.job_id}"
+    assert done.status == "SUCCEEDED" and done.finetuned_output == f"qwen2.5-7b-instruct-{tag}-ft-{job.job_id}"
     assert statuses == ["PENDING", "RUNNING", "SUCCEEDED"]
     assert lines[0] == f"job {job.job_id} queued" and lines[-1] == "finetune-job succeeded"
     assert len(lines) == len(set(lines))  # every line once
@@ -446,7 +454,7 @@ def test_timeout_cancel_deploy_and_files(server, tmp_path, bailian_file):
     assert client.registry.all("files") == {}
     with pytest.raises(BailianError) as err:
         client.get_file(file_id)
-    assert err.value.status_code == 404
+    assert err.value.status_code == 400 and err.value.not_found  # DashScope: 400 "File not found"
 
 
 def test_key_never_in_logs_or_errors(server, tmp_path, bailian_file, caplog):

@@ -1,9 +1,8 @@
-"""Bailian (Alibaba Cloud Model Studio) fine-tuning, seed 4: MedQA → Bailian SFT files, split, tokens and cost,
-upload and fine-tune jobs through the ``dashscope`` SDK. Plain Python: no Prefect here.
+"""Bailian (Alibaba Cloud Model Studio) fine-tuning: MedQA → Bailian SFT files, split, tokens and cost, upload and
+fine-tune jobs through the ``dashscope`` SDK, never twice. Plain Python: no Prefect here.
 """
 
 from medtune_core.bailian.client import (
-    REGION_URLS,
     BailianClient,
     BailianError,
     BailianJobFailed,
@@ -17,6 +16,7 @@ from medtune_core.bailian.client import (
 )
 from medtune_core.bailian.convert import (
     DEFAULT_PROMPTS,
+    LANGUAGES,
     MEDQA_SOURCES,
     REGIONS,
     SPLITS,
@@ -24,10 +24,22 @@ from medtune_core.bailian.convert import (
     MedQASource,
     convert_medqa_file,
     convert_medqa_tree,
+    detect_language,
     mcq_to_messages,
     plan_medqa_tree,
 )
-from medtune_core.bailian.split import DEFAULT_MAX_BYTES, check_bailian_line, split_file, validate_bailian_file
+from medtune_core.bailian.endpoint import REGION_URLS, resolve_api_key, resolve_endpoint
+from medtune_core.bailian.identity import LogCursor
+from medtune_core.bailian.split import (
+    BAILIAN_FILE_LIMIT,
+    DEFAULT_MAX_BYTES,
+    MIN_TRAINING_ROWS,
+    check_bailian_line,
+    max_part_bytes,
+    split_file,
+    too_few_rows,
+    validate_bailian_file,
+)
 from medtune_core.bailian.tokens import (
     TRAINING_PRICES,
     CostCeilingExceeded,
@@ -43,9 +55,12 @@ from medtune_core.bailian.tokens import (
 )
 
 __all__ = [
+    "BAILIAN_FILE_LIMIT",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_PROMPTS",
+    "LANGUAGES",
     "MEDQA_SOURCES",
+    "MIN_TRAINING_ROWS",
     "REGIONS",
     "REGION_URLS",
     "SPLITS",
@@ -62,6 +77,7 @@ __all__ = [
     "HyperParameters",
     "JobInfo",
     "JobSpec",
+    "LogCursor",
     "MedQASource",
     "Registry",
     "RetryPolicy",
@@ -71,12 +87,17 @@ __all__ = [
     "convert_medqa_file",
     "convert_medqa_tree",
     "count_file_tokens",
+    "detect_language",
     "estimate_cost",
+    "max_part_bytes",
     "mcq_to_messages",
     "naive_count_file",
     "plan_medqa_tree",
     "price_for",
     "register_price",
+    "resolve_api_key",
+    "resolve_endpoint",
     "split_file",
+    "too_few_rows",
     "validate_bailian_file",
 ]

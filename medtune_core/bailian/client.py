@@ -2,18 +2,22 @@
 
 What it adds to the SDK:
 
-- **Settings per call, never global.** The SDK reads its base URL and key at import; this client passes
-  ``base_address``, ``api_key`` and ``workspace`` to every call, so two clients (regions, test servers)
-  coexist in one process. The key is a :class:`~pydantic.SecretStr` and never reaches a log line, a repr or
-  an exception message.
-- **Errors as exceptions.** The SDK returns error responses (``status_code``, ``code``, ``message``); here a
-  failed call raises :class:`BailianError`, after retrying transient failures (429, 5xx, connection errors)
-  with exponential backoff.
-- **Idempotence.** A local registry (JSON, file-locked) maps a file's sha256 to its Bailian file id and a job's
-  inputs to its job id, per endpoint and workspace. Uploading a file already uploaded, or creating a job with
-  the same inputs again, returns the recorded one; when the registry does not know it, the remote file list
-  (name + md5) and job list are checked before anything is created.
-- **Our own poll loop** (interval, backoff, timeout, log lines streamed to a callback, cancel on interrupt)
+- **The SDK's conventions, settings per call.** The endpoint, workspace and key are resolved as the SDK documents
+  them (:mod:`medtune_core.bailian.endpoint`: ``DASHSCOPE_HTTP_BASE_URL`` wins over the region table unless
+  ``base_url`` is given) and passed to every call, so two clients (regions, test servers) coexist in one process.
+  The key is a :class:`~pydantic.SecretStr` and never reaches a log line, a repr or an exception message.
+- **Errors as exceptions, retries by tenacity.** The SDK returns error responses (``status_code``, ``code``,
+  ``message``); here a failed call raises :class:`BailianError`. Only transient failures are retried (connection
+  errors, timeouts, 408/429/5xx), never a 4xx that says the request is wrong, never a programming error.
+- **The server is the truth: never a second upload or a second paid job.** Every file carries its sha256 in its
+  uploaded name and description, every job the hash of what it trains in its model name
+  (:mod:`medtune_core.bailian.identity`). Before uploading or creating, the server's list is searched for that
+  identity; a retry after a timeout searches again before sending again; a local registry (JSON, file-locked)
+  only saves look-ups and is checked against the server before it is believed (a file deleted in the console
+  is uploaded again; the newest job for the same inputs wins). So a second machine, a fresh ``MEDTUNE_HOME`` or
+  a ``kill -9`` between the server storing and answering re-attach instead of paying twice.
+- **Streaming upload** (:mod:`medtune_core.bailian.upload`): memory flat in the file's size.
+- **Our own poll loop** (interval, backoff, timeout, deduplicated log lines to a callback, cancel on interrupt)
   instead of ``FineTunes.wait``'s fixed 30 s sleep.
 """
 
@@ -23,32 +27,56 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import httpx
 import requests
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from medtune_core.bailian.endpoint import REGION_URLS, resolve_api_key, resolve_endpoint
+from medtune_core.bailian.identity import (
+    LogCursor,
+    file_identity,
+    file_key,
+    file_matches,
+    job_identity,
+    job_tag,
+    pages_until_done,
+    same_hyper_parameters,
+    upload_description,
+    upload_name,
+)
+from medtune_core.bailian.split import BAILIAN_FILE_LIMIT, validate_bailian_file
+from medtune_core.bailian.upload import post_file
 from medtune_core.dataio import atomic_write_text
 from medtune_core.errors import MedtuneError
 from medtune_core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
-#: Base URLs of the DashScope HTTP API by region.
-REGION_URLS: dict[str, str] = {
-    "cn-beijing": "https://dashscope.aliyuncs.com/api/v1",
-    "ap-southeast-1": "https://dashscope-intl.aliyuncs.com/api/v1",
-    "intl": "https://dashscope-intl.aliyuncs.com/api/v1",
-}
+__all__ = ["REGION_URLS", "BailianClient", "BailianError", "BailianJobFailed", "BailianTimeout", "RetryPolicy"]
+
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED")
+ENDED_BADLY = ("FAILED", "CANCELED")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+#: Exceptions of the HTTP layers that mean "the network, not the request": worth another try.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    httpx.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+_NOT_FOUND = re.compile(r"not.?found|not.?exist|no such", re.IGNORECASE)
 TrainingType = Literal["efficient_sft", "sft"]
 
 
@@ -69,6 +97,7 @@ class BailianError(MedtuneError):
         self._transient = transient
         self.status_code = status_code
         self.code = code
+        self.message = message
         self.request_id = request_id
         detail = f"{action} failed"
         if status_code is not None:
@@ -87,6 +116,13 @@ class BailianError(MedtuneError):
         if self._transient is not None:
             return self._transient
         return self.status_code in TRANSIENT_STATUS
+
+    @property
+    def not_found(self) -> bool:
+        """The object is gone: HTTP 404, or a 400 whose code or message says "not found" (DashScope's files)."""
+        if self.status_code == 404:
+            return True
+        return self.status_code == 400 and bool(_NOT_FOUND.search(f"{self.code or ''} {self.message}"))
 
 
 class BailianJobFailed(BailianError):
@@ -149,7 +185,9 @@ class JobSpec(BaseModel):
     validation_file_ids: list[str] = Field(default_factory=list)
     training_type: TrainingType = "efficient_sft"
     hyper_parameters: HyperParameters = Field(default_factory=HyperParameters)
-    finetuned_output: str | None = Field(None, description="Name suffix of the resulting model (optional).")
+    finetuned_output: str | None = Field(
+        None, description="Name of the resulting model (optional; sent as model_name with the job's identity tag)."
+    )
 
     @field_validator("training_file_ids", "validation_file_ids")
     @classmethod
@@ -172,11 +210,10 @@ class JobSpec(BaseModel):
             "training_type": self.training_type,
             "hyper_parameters": self.hyper_parameters.to_api(self.training_type),
         }
-        if self.finetuned_output:
-            body["finetuned_output"] = self.finetuned_output
         return body
 
     def key(self, scope: str) -> str:
+        """A hash of the request by file ids (the client keys jobs by file contents: ``job_identity``)."""
         return hashlib.sha256(json.dumps([scope, self.request()], sort_keys=True).encode()).hexdigest()
 
 
@@ -197,6 +234,8 @@ class JobInfo:
     model: str | None = None
     base_model: str | None = None
     finetuned_output: str | None = None
+    model_name: str | None = None
+    job_name: str | None = None
     training_type: str | None = None
     hyper_parameters: dict[str, Any] = field(default_factory=dict)
     training_file_ids: list[str] = field(default_factory=list)
@@ -215,6 +254,8 @@ class JobInfo:
             model=d.get("model"),
             base_model=d.get("base_model"),
             finetuned_output=d.get("finetuned_output"),
+            model_name=d.get("model_name"),
+            job_name=d.get("job_name"),
             training_type=d.get("training_type"),
             hyper_parameters=dict(d.get("hyper_parameters") or {}),
             training_file_ids=list(d.get("training_file_ids") or []),
@@ -229,22 +270,39 @@ class JobInfo:
     def done(self) -> bool:
         return self.status in TERMINAL
 
+    def names(self) -> str:
+        """Every name the server gives the job (where a job's identity tag can show)."""
+        return " ".join(str(x) for x in (self.model_name, self.finetuned_output, self.job_name) if x)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass
 class RetryPolicy:
+    """How transient failures are retried: ``attempts`` tries in all, ``backoff × factor^n`` s apart (capped)."""
+
     attempts: int = 4
     backoff: float = 1.0
     factor: float = 2.0
     max_backoff: float = 30.0
 
-    def delays(self) -> Iterator[float]:
-        delay = self.backoff
-        for _ in range(self.attempts - 1):
-            yield min(delay, self.max_backoff)
-            delay *= self.factor
+    def retrying(self, sleep: Callable[[float], None] = time.sleep) -> Retrying:
+        """A tenacity controller that retries :class:`BailianError` marked transient, and nothing else."""
+        return Retrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, BailianError) and exc.transient),
+            stop=stop_after_attempt(max(self.attempts, 1)),
+            wait=wait_exponential(multiplier=self.backoff, exp_base=self.factor, max=self.max_backoff),
+            sleep=sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("%s; retrying in %.1f s", exc, delay)
 
 
 # ------------------------------------------------------------------------------------------------- registry
@@ -286,6 +344,19 @@ class Registry:
         with self.lock:
             return self._read()[table]
 
+    def sha_of(self, scope: str, file_id: str) -> str | None:
+        """The sha256 recorded for a file id in ``scope`` (None when this registry never saw it)."""
+        for key, entry in self.all("files").items():
+            if key.startswith(scope + "|") and entry.get("file_id") == file_id:
+                return entry.get("sha256")
+        return None
+
+    def operation_lock(self, name: str) -> FileLock:
+        """A lock for one find-or-create (one file's upload, one job's creation) across this machine's processes."""
+        folder = self.path.parent / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f"{name}.lock"))
+
 
 def _md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
@@ -299,22 +370,30 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _plain(obj: Any) -> dict:
+    if obj is None:
+        return {}
+    if isinstance(obj, dict):
+        return dict(obj)
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+
+
 # --------------------------------------------------------------------------------------------------- client
 
 
 class BailianClient:
     """Files, fine-tune jobs and deployments on Bailian through the ``dashscope`` SDK.
 
-    ``api_key`` defaults to ``DASHSCOPE_API_KEY`` (via medtune's settings); ``base_url`` to the region's URL.
-    ``registry_path`` (default ``$MEDTUNE_HOME/bailian/registry.json``) is what makes uploads and job creation
-    idempotent across runs and processes.
+    ``api_key``, ``region``, ``base_url`` and ``workspace`` default as the SDK documents (see
+    :mod:`medtune_core.bailian.endpoint`). ``registry_path`` (default ``$MEDTUNE_HOME/bailian/registry.json``)
+    saves look-ups; the server's lists decide what exists.
     """
 
     def __init__(
         self,
         api_key: SecretStr | str | None = None,
         *,
-        region: str = "cn-beijing",
+        region: str | None = None,
         base_url: str | None = None,
         workspace: str | None = None,
         registry_path: str | os.PathLike[str] | None = None,
@@ -324,20 +403,16 @@ class BailianClient:
     ) -> None:
         from medtune_core.settings import get_settings
 
-        settings = get_settings()
-        if api_key is None:
-            api_key = settings.dashscope_api_key
-        if api_key is None or not (api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key):
+        key = resolve_api_key(api_key)
+        if key is None:
             raise MedtuneError("no DashScope API key: set DASHSCOPE_API_KEY or pass api_key")
-        self._key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
-        if base_url is None:
-            try:
-                base_url = REGION_URLS[region]
-            except KeyError:
-                raise MedtuneError(f"unknown region {region!r}; known: {', '.join(REGION_URLS)}") from None
-        self.base_url = base_url.rstrip("/")
-        self.workspace = workspace
-        self.registry = Registry(registry_path or settings.home / "bailian" / "registry.json")
+        self._key = key
+        endpoint = resolve_endpoint(region, base_url, workspace)
+        self.base_url = endpoint.base_url
+        self.endpoint_source = endpoint.source
+        self.workspace = endpoint.workspace
+        log.info("DashScope endpoint %s (from %s)", self.base_url, self.endpoint_source)
+        self.registry = Registry(registry_path or get_settings().home / "bailian" / "registry.json")
         self.retry = retry or RetryPolicy()
         self.request_timeout = request_timeout
         self.sleep = sleep
@@ -365,18 +440,19 @@ class BailianClient:
         return text.replace(key, "**********") if key else text
 
     def _once(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One SDK call; an error answer or exception becomes a :class:`BailianError` (transient or not)."""
         try:
             rsp = fn(*args, **self._kwargs(), **kwargs)
         except MedtuneError:
             raise
-        except (requests.RequestException, OSError) as exc:  # connection refused, timeouts: transient
+        except TRANSIENT_ERRORS as exc:
             raise BailianError(action, None, type(exc).__name__, self._scrub(str(exc)), transient=True) from None
-        except Exception as exc:  # the SDK's own checks (e.g. a file that is not JSONL): not worth retrying
+        except Exception as exc:  # the SDK's own checks, a bad argument: retrying cannot help
             raise BailianError(action, None, type(exc).__name__, self._scrub(str(exc)), transient=False) from None
         status = getattr(rsp, "status_code", None)
         if status is None and isinstance(rsp, dict):
             status = rsp.get("status_code")
-        if status not in (HTTPStatus.OK, HTTPStatus.CREATED, 200, 201):
+        if status not in (200, 201):
             get = rsp.get if isinstance(rsp, dict) else lambda k, d=None: getattr(rsp, k, d)
             raise BailianError(
                 action, status, get("code"), self._scrub(str(get("message") or "")), get("request_id") or ""
@@ -384,23 +460,15 @@ class BailianClient:
         return rsp
 
     def _call(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """One SDK call, retried with backoff while it fails transiently."""
-        delays = self.retry.delays()
-        while True:
-            try:
-                return self._once(action, fn, *args, **kwargs)
-            except BailianError as exc:
-                if not exc.transient:
-                    raise
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                self.sleep(delay)
+        """One SDK call, retried (tenacity) while it fails transiently. Only for calls that are safe to repeat."""
+        return self._retrying()(self._once, action, fn, *args, **kwargs)
+
+    def _retrying(self) -> Retrying:
+        return self.retry.retrying(self.sleep)
 
     # -- files
 
-    def list_files(self, *, page_size: int = 100, max_pages: int = 20) -> list[dict[str, Any]]:
+    def list_files(self, *, page_size: int = 100, max_pages: int = 50) -> list[dict[str, Any]]:
         from dashscope import Files
 
         files: list[dict[str, Any]] = []
@@ -422,45 +490,84 @@ class BailianClient:
         from dashscope import Files
 
         self._call("delete file", Files.delete, file_id)
-        for sha, entry in self.registry.all("files").items():
+        for key, entry in self.registry.all("files").items():
             if entry.get("file_id") == file_id:
-                self.registry.drop("files", sha)
+                self.registry.drop("files", key)
 
     def upload(
-        self, path: str | os.PathLike[str], *, description: str | None = None, verify_remote: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        description: str | None = None,
+        verify_remote: bool = True,
+        validate: bool = True,
     ) -> FileInfo:
-        """Upload a fine-tune file once: a file with the same sha256 already uploaded here is reused."""
-        from dashscope import Files
+        """Upload a fine-tune file once, on this machine or any other.
 
+        The file is validated first (``path:line: field: problem``; raw MedQA is refused). A file recorded in the
+        registry is reused after checking it still exists on the server; otherwise the server's list is searched
+        for its sha256 (name or description) before anything is sent, and again before every retry, so a timeout
+        or a crash after the server stored it never leaves a second copy.
+        """
         p = Path(path)
-        sha = file_sha256(p)
-        key = f"{self.scope}|{sha}"
-        known = self.registry.get("files", key)
-        if known is not None:
-            if not verify_remote or self._file_exists(known["file_id"]):
-                log.info("%s already uploaded as %s", p.name, known["file_id"])
-                return FileInfo(known["file_id"], known["name"], sha, known.get("md5"), known.get("bytes"), True)
-            self.registry.drop("files", key)
-        md5 = _md5(p)
         size = p.stat().st_size
-        remote = self._find_remote_file(p.name, md5, size)
-        if remote is not None:
-            log.info("%s found on Bailian as %s; not uploading again", p.name, remote)
-            self._record_file(key, remote, p, sha, md5, size)
-            return FileInfo(remote, p.name, sha, md5, size, True)
-        rsp = self._call(
-            "upload " + p.name, Files.upload, file_path=str(p), purpose="fine_tune", description=description
-        )
-        out = rsp.output or {}
+        if size > BAILIAN_FILE_LIMIT:
+            raise MedtuneError(f"{p}: {size:,} bytes, over Bailian's {BAILIAN_FILE_LIMIT:,}-byte limit: split it")
+        if validate:
+            validate_bailian_file(p)
+        sha, md5 = file_sha256(p), _md5(p)
+        key = f"{self.scope}|{sha}"
+        with self.registry.operation_lock(f"file-{sha[:16]}"):
+            known = self.registry.get("files", key)
+            if known is not None:
+                if not verify_remote or self._file_exists(known["file_id"]):
+                    log.info("%s already uploaded as %s", p.name, known["file_id"])
+                    return FileInfo(known["file_id"], known["name"], sha, md5, size, True)
+                log.warning("%s: file %s is gone from the server; uploading again", p.name, known["file_id"])
+                self.registry.drop("files", key)
+            name = upload_name(p, sha)
+            desc = upload_description(p.name, sha, description)
+
+            def find_or_upload() -> FileInfo:
+                remote = self._find_remote_file(p.name, sha, md5, size)
+                if remote is not None:
+                    log.info("%s found on the server as %s; not uploading again", p.name, remote)
+                    self._record_file(key, remote, p, sha, md5, size)
+                    return FileInfo(remote, p.name, sha, md5, size, True)
+                file_id = self._post_file(p, name, desc)
+                self._record_file(key, file_id, p, sha, md5, size)
+                log.info("uploaded %s as %s (%s)", p.name, file_id, name)
+                return FileInfo(file_id, p.name, sha, md5, size, False)
+
+            return self._retrying()(find_or_upload)
+
+    def _post_file(self, p: Path, name: str, description: str) -> str:
+        action = "upload " + p.name
+        try:
+            answer = post_file(
+                self.base_url,
+                p,
+                name=name,
+                description=description,
+                api_key=self._key.get_secret_value(),
+                workspace=self.workspace,
+                timeout=self.request_timeout,
+            )
+        except TRANSIENT_ERRORS as exc:
+            raise BailianError(action, None, type(exc).__name__, self._scrub(str(exc)), transient=True) from None
+        body = answer.body
+        if answer.status_code not in (200, 201):
+            message = str(body.get("message") or answer.text)
+            raise BailianError(
+                action, answer.status_code, body.get("code"), self._scrub(message), body.get("request_id") or ""
+            )
+        out = body.get("data") or body.get("output") or {}
         uploaded = out.get("uploaded_files") or []
         failed = out.get("failed_uploads") or []
         if failed or not uploaded:
             why = "; ".join(f"{f.get('name')}: {f.get('code')} {f.get('message')}" for f in failed) or "no file id"
-            raise BailianError("upload " + p.name, rsp.status_code, "UploadFailed", why, rsp.request_id or "")
-        file_id = uploaded[0]["file_id"]
-        self._record_file(key, file_id, p, sha, md5, size)
-        log.info("uploaded %s as %s", p.name, file_id)
-        return FileInfo(file_id, p.name, sha, md5, size, False)
+            raise BailianError(action, answer.status_code, "UploadFailed", why, body.get("request_id") or "")
+        return str(uploaded[0]["file_id"])
 
     def _record_file(self, key: str, file_id: str, p: Path, sha: str, md5: str, size: int) -> None:
         entry = {"file_id": file_id, "name": p.name, "md5": md5, "bytes": size, "path": str(p), "at": _now()}
@@ -470,76 +577,120 @@ class BailianClient:
         try:
             self.get_file(file_id)
         except BailianError as exc:
-            if exc.status_code == HTTPStatus.NOT_FOUND:
+            if exc.not_found:
                 return False
             raise
         return True
 
-    def _find_remote_file(self, name: str, md5: str, size: int) -> str | None:
+    def _find_remote_file(self, name: str, sha: str, md5: str, size: int) -> str | None:
         for f in self.list_files():
-            if f.get("name") == name and f.get("md5") == md5 and int(f.get("size", size)) == size:
+            if file_matches(f, sha=sha, md5=md5, size=size, name=name):
                 return f.get("file_id")
         return None
 
+    def _file_keys(self, file_ids: list[str], listed: list[dict[str, Any]] | None) -> list[str]:
+        """Content keys of file ids: from the registry, else from the server's list, else the id itself."""
+        by_id = {f.get("file_id"): file_identity(f) for f in listed or []}
+        return [file_key(self.registry.sha_of(self.scope, i) or by_id.get(i), i) for i in file_ids]
+
     # -- jobs
 
+    def job_identity(self, spec: JobSpec, listed_files: list[dict[str, Any]] | None = None) -> str:
+        """The hash of what ``spec`` trains, by file contents (see :mod:`medtune_core.bailian.identity`)."""
+        body = spec.request()
+        return job_identity(
+            body["model"],
+            body["training_type"],
+            body["hyper_parameters"],
+            self._file_keys(spec.training_file_ids, listed_files),
+            self._file_keys(spec.validation_file_ids, listed_files),
+        )
+
     def create_job(self, spec: JobSpec, *, recreate_failed: bool = False) -> JobInfo:
-        """Create a fine-tune job once per spec: the same spec returns the job recorded (or found) before."""
+        """Create a fine-tune job once per set of inputs, on this machine or any other.
+
+        The newest job on the server for the same inputs (by its identity tag, or by its own fields) is returned
+        instead, unless it ended FAILED/CANCELED and ``recreate_failed`` asks for a new one. A retry after a
+        timeout searches again before sending again.
+        """
+        listed_files = self.list_files() if self._needs_file_list(spec) else None
+        identity = self.job_identity(spec, listed_files)
+        tag = job_tag(identity)
+        key = f"{self.scope}|job|{identity}"
+        with self.registry.operation_lock(f"job-{identity[:16]}"):
+
+            def find_or_create() -> JobInfo:
+                matches = self._matching_jobs(spec, tag, key, listed_files)
+                newest = matches[0] if matches else None
+                if newest is not None and not (recreate_failed and newest.status in ENDED_BADLY):
+                    log.info("job for these inputs already exists: %s (%s)", newest.job_id, newest.status)
+                    self.registry.put("jobs", key, {"job_id": newest.job_id, "model": spec.model, "at": _now()})
+                    newest.reused = True
+                    return newest
+                job = self._post_job(spec, tag, attempt=len(matches) + 1)
+                self.registry.put("jobs", key, {"job_id": job.job_id, "model": spec.model, "at": _now()})
+                log.info("created fine-tune job %s (%s) as %s", job.job_id, job.status, tag)
+                return job
+
+            return self._retrying()(find_or_create)
+
+    def _needs_file_list(self, spec: JobSpec) -> bool:
+        ids = [*spec.training_file_ids, *spec.validation_file_ids]
+        return any(self.registry.sha_of(self.scope, i) is None for i in ids)
+
+    def _post_job(self, spec: JobSpec, tag: str, attempt: int) -> JobInfo:
         from dashscope import FineTunes
 
-        key = spec.key(self.scope)
-        known = self.registry.get("jobs", key)
-        if known is not None:
-            job = self.get_job(known["job_id"])
-            if not (recreate_failed and job.status in ("FAILED", "CANCELED")):
-                log.info("job for these inputs already exists: %s (%s)", job.job_id, job.status)
-                job.reused = True
-                return job
-        else:
-            remote = self._find_remote_job(spec)
-            if remote is not None:
-                self.registry.put("jobs", key, {"job_id": remote.job_id, "model": spec.model, "at": _now()})
-                log.info("job for these inputs found on Bailian: %s (%s)", remote.job_id, remote.status)
-                remote.reused = True
-                return remote
         body = spec.request()
-        extra = {"finetuned_output": body["finetuned_output"]} if "finetuned_output" in body else {}
-        rsp = self._call(
-            "create fine-tune",
-            FineTunes.call,
-            model=body["model"],
-            training_file_ids=body["training_file_ids"],
-            validation_file_ids=body["validation_file_ids"],
-            mode=body["training_type"],
-            hyper_parameters=body["hyper_parameters"],
-            **extra,
-        )
-        job = JobInfo.from_output(rsp.output)
-        self.registry.put("jobs", key, {"job_id": job.job_id, "model": spec.model, "at": _now()})
-        log.info("created fine-tune job %s (%s)", job.job_id, job.status)
-        return job
+        name = f"{spec.finetuned_output}-{tag}" if spec.finetuned_output else tag
+        body["model_name"] = name if attempt == 1 else f"{name}-{attempt}"
+        # FineTunes.call builds its own body and cannot carry model_name; its create call takes the body as is
+        create = super(FineTunes, FineTunes).call  # type: ignore[misc]
+        rsp = self._once("create fine-tune", create, body)
+        return JobInfo.from_output(rsp.output)
 
-    def _find_remote_job(self, spec: JobSpec) -> JobInfo | None:
+    def _matching_jobs(
+        self, spec: JobSpec, tag: str, key: str, listed_files: list[dict[str, Any]] | None
+    ) -> list[JobInfo]:
+        """Jobs on the server for these inputs, newest first (the registry's one included when still there)."""
         want = spec.request()
+        want_files = (
+            self._file_keys(spec.training_file_ids, listed_files),
+            self._file_keys(spec.validation_file_ids, listed_files),
+        )
+        found: dict[str, JobInfo] = {}
         for job in self.list_jobs():
-            if job.status in ("FAILED", "CANCELED"):
+            if tag in job.names():
+                found[job.job_id] = job
                 continue
-            same_files = job.training_file_ids == want["training_file_ids"] and (job.validation_file_ids or []) == (
-                want["validation_file_ids"] or []
+            same = (
+                want["model"] in (job.model, job.base_model)
+                and job.training_type in (None, want["training_type"])
+                and same_hyper_parameters(want["hyper_parameters"], job.hyper_parameters)
+                and (
+                    self._file_keys(job.training_file_ids, listed_files),
+                    self._file_keys(job.validation_file_ids or [], listed_files),
+                )
+                == want_files
             )
-            same_model = want["model"] in (job.model, job.base_model)
-            same_type = job.training_type in (None, want["training_type"])
-            same_hp = all(str(job.hyper_parameters.get(k)) == str(v) for k, v in want["hyper_parameters"].items())
-            if same_files and same_model and same_type and same_hp:
-                return job
-        return None
+            if same:
+                found[job.job_id] = job
+        known = self.registry.get("jobs", key)
+        if known is not None and known["job_id"] not in found:
+            try:
+                found[known["job_id"]] = self.get_job(known["job_id"])
+            except BailianError as exc:
+                if not exc.not_found:
+                    raise
+                self.registry.drop("jobs", key)
+        return sorted(found.values(), key=lambda j: (j.create_time or "", j.job_id), reverse=True)
 
     def get_job(self, job_id: str) -> JobInfo:
         from dashscope import FineTunes
 
         return JobInfo.from_output(self._call("get fine-tune " + job_id, FineTunes.get, job_id).output)
 
-    def list_jobs(self, *, page_size: int = 100, max_pages: int = 10) -> list[JobInfo]:
+    def list_jobs(self, *, page_size: int = 100, max_pages: int = 20) -> list[JobInfo]:
         from dashscope import FineTunes
 
         jobs: list[JobInfo] = []
@@ -559,13 +710,17 @@ class BailianClient:
         log.info("cancelled fine-tune job %s", job_id)
 
     def job_logs(self, job_id: str, *, offset: int = 0, lines: int = 1000) -> tuple[list[str], int]:
-        """Log lines after the first ``offset`` ones, and the total the service reports."""
+        """One page of log lines from ``offset`` as the server answers it, and the total it reports."""
         from dashscope import FineTunes
 
         rsp = self._call("fine-tune logs " + job_id, FineTunes.logs, job_id, offset=offset, line=lines)
         out = rsp.output or {}
         logs = [str(x) for x in (out.get("logs") or [])]
         return logs, int(out.get("total") or offset + len(logs))
+
+    def new_log_lines(self, job_id: str, cursor: LogCursor) -> list[str]:
+        """The log lines ``cursor`` has not seen, each once (servers that ignore ``offset`` included)."""
+        return pages_until_done(lambda offset: self.job_logs(job_id, offset=offset), cursor)
 
     def wait(
         self,
@@ -581,7 +736,7 @@ class BailianClient:
         cancel_on_interrupt: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> JobInfo:
-        """Poll a job until SUCCEEDED / FAILED / CANCELED, streaming new log lines to ``on_log``.
+        """Poll a job until SUCCEEDED / FAILED / CANCELED, streaming new log lines (each once) to ``on_log``.
 
         The interval starts at ``interval`` and grows by ``backoff`` up to ``max_interval`` while the status does
         not change. ``timeout`` raises :class:`BailianTimeout` (the job keeps running). An interrupt (Ctrl-C, a
@@ -589,8 +744,7 @@ class BailianClient:
         :class:`BailianJobFailed` with the last log lines unless ``raise_on_failure`` is False.
         """
         start = clock()
-        seen = 0
-        tail: list[str] = []
+        cursor = LogCursor()
         last_status = None
         delay = interval
         try:
@@ -601,18 +755,12 @@ class BailianClient:
                     if on_status is not None:
                         on_status(job)
                     last_status, delay = job.status, interval
-                while True:
-                    lines, total = self.job_logs(job_id, offset=seen)
-                    for line in lines:
-                        if on_log is not None:
-                            on_log(line)
-                    seen += len(lines)
-                    tail = (tail + lines)[-50:]
-                    if not lines or seen >= total:
-                        break
+                for line in self.new_log_lines(job_id, cursor):
+                    if on_log is not None:
+                        on_log(line)
                 if job.done:
                     if job.status != "SUCCEEDED" and raise_on_failure:
-                        raise BailianJobFailed(job, tail)
+                        raise BailianJobFailed(job, cursor.lines[-50:])
                     return job
                 if timeout is not None and clock() - start + delay > timeout:
                     raise BailianTimeout(f"job {job_id} still {job.status} after {clock() - start:.0f} s; not waiting")
@@ -666,11 +814,3 @@ class BailianClient:
                 raise BailianTimeout(f"deployment {deployed_model} still {status} after {timeout:.0f} s")
             self.sleep(delay)
             delay = min(delay * 1.5, max_interval)
-
-
-def _plain(obj: Any) -> dict:
-    if obj is None:
-        return {}
-    if isinstance(obj, dict):
-        return dict(obj)
-    return {k: v for k, v in vars(obj).items() if not k.startswith("_")}

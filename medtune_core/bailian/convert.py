@@ -2,19 +2,24 @@
 
 Parsing and checking is the ``medqa`` record format's job (options as an object or a list of ``{key, value}``,
 ``answer_idx`` must be one of the options, ``answer`` must equal that option's text, no empty field); this module
-only decides the prompt (Chinese for Mainland/Taiwan, English for US, both configurable), writes the rows
-exactly as Bailian expects them (no extra keys) and maps a MedQA directory tree to seed 4's output names.
+only decides the prompt (``auto``: Chinese or English as the text of the file reads, else as asked; both
+configurable), writes the rows exactly as Bailian expects them (no extra keys) and maps a MedQA directory tree to
+the output names of the original toolkit.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from medtune_core.dataio import DatasetReader, DatasetWriter, Manifest, Policy, rejects_path_for, source_entry
+from medtune_core.dataio.atomic import remove_stale_temp_files
 from medtune_core.errors import MedtuneError
 from medtune_core.formats import (
     EN_MCQ_TEMPLATE,
@@ -26,7 +31,53 @@ from medtune_core.formats import (
 )
 
 Language = Literal["zh", "en"]
+LanguageChoice = Literal["auto", "zh", "en"]
+LANGUAGES = ("auto", "zh", "en")
 SPLITS = ("train", "dev", "test")
+log = logging.getLogger(__name__)
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def detect_language(path: str | os.PathLike[str], sample_rows: int = 200) -> Language | None:
+    """``zh`` or ``en`` as the questions and options of the first ``sample_rows`` rows read; None when they hold
+    no letters at all. A Chinese character counts as much as four Latin letters (about a word each), so Chinese
+    text with Latin abbreviations (CT, mg) still reads Chinese."""
+    cjk = latin = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh):
+            if n >= sample_rows:
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            options = row.get("options")
+            values = options.values() if isinstance(options, dict) else options if isinstance(options, list) else []
+            text = " ".join([str(row.get("question") or ""), *(json.dumps(v, ensure_ascii=False) for v in values)])
+            cjk += len(_CJK.findall(text))
+            latin += len(_LATIN.findall(text))
+    if cjk == 0 and latin == 0:
+        return None
+    return "zh" if cjk >= latin / 4 else "en"
+
+
+def resolve_language(path: str | os.PathLike[str], language: str, fallback: Language = "zh") -> Language:
+    """``language`` itself, or for ``auto`` the language the file's text reads in (``fallback`` when it cannot
+    tell); the choice is logged."""
+    if language not in LANGUAGES:
+        raise MedtuneError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
+    if language != "auto":
+        return language  # type: ignore[return-value]
+    found = detect_language(path)
+    if found is None:
+        log.warning("%s: cannot tell the language from the text; using %s", path, fallback)
+        return fallback
+    log.info("%s: text reads %s", path, found)
+    return found
 
 
 @dataclass(frozen=True)
@@ -98,21 +149,25 @@ def convert_medqa_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    language: Language = "zh",
+    language: LanguageChoice = "zh",
     prompts: BailianPrompts = DEFAULT_PROMPTS,
     policy: Policy | str = Policy.STRICT,
     extra: dict[str, Any] | None = None,
+    fallback_language: Language = "zh",
 ) -> Manifest:
     """Convert one MedQA JSONL file; returns the manifest saved beside ``dst``.
 
-    ``strict``: the first bad row raises ``RecordError`` (``path:line: field: problem``) and nothing is written.
-    ``skip``: bad rows go to ``<dst>.rejects.jsonl`` with their line and reason, and are counted in the manifest.
+    ``language`` ``auto`` reads the file's text (see :func:`detect_language`). ``strict``: the first bad row raises
+    ``RecordError`` (``path:line: field: problem``) and nothing is written. ``skip``: bad rows go to
+    ``<dst>.rejects.jsonl`` with their line and reason, and are counted in the manifest.
     """
     policy = Policy(policy)
-    template = prompts.template(language)
+    resolved = resolve_language(src, language, fallback_language)
+    template = prompts.template(resolved)
+    remove_stale_temp_files(dst)
     rejects = rejects_path_for(dst) if policy is Policy.SKIP else None
     reader = DatasetReader(src, "medqa", policy=policy, rejects_path=rejects)
-    meta = {"language": language, "system_prompt": template.system, **(extra or {})}
+    meta = {"language": resolved, "language_from": language, "system_prompt": template.system, **(extra or {})}
     with DatasetWriter(dst, "messages", extra=meta) as writer:
         for record in reader:
             assert isinstance(record, MultipleChoice)
@@ -179,8 +234,12 @@ def convert_medqa_tree(
     subsets: Iterable[str] | None = None,
     prompts: BailianPrompts = DEFAULT_PROMPTS,
     policy: Policy | str = Policy.STRICT,
+    language: LanguageChoice = "auto",
 ) -> list[Manifest]:
-    """Convert every (filtered) MedQA subset and split under ``root`` to ``out_dir/<subset>_<split>.jsonl``."""
+    """Convert every (filtered) MedQA subset and split under ``root`` to ``out_dir/<subset>_<split>.jsonl``.
+
+    ``language`` ``auto`` reads each file's text, the subset's usual language (US: English) where it cannot tell.
+    """
     plan = plan_medqa_tree(root, out_dir, regions=regions, splits=splits, subsets=subsets)
     if not plan:
         raise MedtuneError(f"{root}: no MedQA file found for the chosen regions/splits (expected questions/...)")
@@ -188,7 +247,8 @@ def convert_medqa_tree(
         convert_medqa_file(
             p.src,
             p.dst,
-            language=p.source.language,
+            language=language,
+            fallback_language=p.source.language,
             prompts=prompts,
             policy=policy,
             extra={"dataset": p.source.name, "region": p.source.region, "split": p.split},

@@ -1,5 +1,7 @@
 """Validate Bailian SFT files and split them under Bailian's size limit (300 MB a file) without breaking a line.
 
+Sizes are decimal (1 MB = 10^6 bytes) and parts stay 2 % under the limit: 294,000,000 bytes at most.
+
 Both stream: one line in memory at a time. A line is valid when it is a JSON object ``{"messages": [...]}``
 whose roles are an optional system message, then user/assistant alternating, user first, assistant last —
 what Bailian's ``Files.upload`` and its trainer accept. Errors read ``path:line: field: problem``.
@@ -7,6 +9,7 @@ what Bailian's ``Files.upload`` and its trainer accept. Errors read ``path:line:
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,13 +19,41 @@ from pathlib import Path
 from typing import IO, Any
 
 from medtune_core.dataio import Manifest, atomic_write, manifest_path
+from medtune_core.dataio.atomic import remove_stale_temp_files
 from medtune_core.errors import FieldError, MedtuneError, RecordError
 from medtune_core.formats.chat import parse_openai_messages
 from medtune_core.formats.records import check_turn_order
 from medtune_core.hashing import file_sha256
 
-MB = 1024 * 1024
-DEFAULT_MAX_BYTES = 300 * MB
+#: Bailian states its limit in MB; read as decimal (10^6 bytes), the smaller of the two readings.
+MB = 1_000_000
+#: Bailian's upload limit for one file.
+BAILIAN_FILE_LIMIT = 300 * MB
+#: Parts stay this share under the limit (a limit counted on the multipart body, a server rounding its own way).
+SAFETY_MARGIN = 0.02
+#: The largest part medtune writes: 294,000,000 bytes.
+DEFAULT_MAX_BYTES = int(BAILIAN_FILE_LIMIT * (1 - SAFETY_MARGIN))
+
+
+#: The fewest training rows Bailian accepts for a fine-tune job (5,000-10,000 are typical).
+MIN_TRAINING_ROWS = 1000
+
+
+def too_few_rows(rows: int, minimum: int = MIN_TRAINING_ROWS) -> str | None:
+    """The problem with training on ``rows`` rows, or None when there are enough."""
+    if rows >= minimum:
+        return None
+    return (
+        f"only {rows:,} training rows: Bailian needs at least {MIN_TRAINING_ROWS:,} for a fine-tune job "
+        f"(5,000-10,000 are typical); a job on fewer fails or learns little"
+    )
+
+
+def max_part_bytes(max_mb: float) -> int:
+    """``max_mb`` decimal megabytes in bytes, never above :data:`DEFAULT_MAX_BYTES`."""
+    if max_mb <= 0:
+        raise MedtuneError(f"the part size must be positive, got {max_mb} MB")
+    return min(int(max_mb * MB), DEFAULT_MAX_BYTES)
 
 
 def check_bailian_line(raw: bytes) -> dict[str, Any]:
@@ -115,6 +146,7 @@ def split_file(
         raise MedtuneError(f"max_rows must be positive, got {max_rows}")
     size = src.stat().st_size
     dest = Path(out_dir) if out_dir is not None else src.parent
+    _remove_stale_temp_parts(src, dest)
     if size <= max_bytes and _fits_rows(src, max_rows):
         report = validate_bailian_file(src) if validate else None
         _remove_stale_parts(src, dest, keep=0)
@@ -202,6 +234,11 @@ def _fits_rows(path: Path, max_rows: int | None) -> bool:
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as fh:
         return sum(1 for _ in fh)
+
+
+def _remove_stale_temp_parts(src: Path, dest: Path) -> None:
+    """Temporary parts a killed split left behind (``.<stem>.partNNN.jsonl.<random>.tmp``)."""
+    remove_stale_temp_files(dest / f"{glob.escape(src.stem)}.part*{glob.escape(src.suffix)}")
 
 
 def _remove_stale_parts(src: Path, dest: Path, keep: int) -> None:

@@ -100,9 +100,23 @@ def iter_raw_rows(path: Path, container: str, policy: Policy, stats: ReadStats) 
             yield RawRow(line_no, text, text, problem)
             continue
         try:
-            yield RawRow(line_no, json.loads(text), text)
+            yield RawRow(line_no, json.loads(text, object_pairs_hook=_unique_keys), text)
         except json.JSONDecodeError as exc:
             yield RawRow(line_no, None, text, FieldError("<json>", f"invalid JSON: {exc.msg} (column {exc.colno})"))
+        except _DuplicateKey as exc:
+            yield RawRow(line_no, None, text, FieldError("<json>", f"duplicate key {exc.args[0]!r} in one object"))
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice; ``json`` would keep the last value silently."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return obj
 
 
 def _csv_rows(path: Path, lines: Iterator[tuple[int, str, FieldError | None]]) -> Iterator[RawRow]:

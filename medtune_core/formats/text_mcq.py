@@ -82,6 +82,24 @@ def _options_from_columns(row: dict[str, Any]) -> dict[str, str]:
     return options
 
 
+def _new_option_key(key: Any, options: dict[str, str], field: str) -> str:
+    """An option letter, refused when the row already has it (``A`` twice, or ``a`` and ``A``)."""
+    letter = str(key).strip().upper()
+    if letter in options:
+        raise FieldError(field, f"duplicate option key {letter!r}")
+    return letter
+
+
+def _letter_of_answer(answer: Any, options: dict[str, str]) -> str:
+    """The letter of the one option whose text is ``answer`` (a row with ``answer`` but no ``answer_idx``)."""
+    text = require_text(answer, "answer").strip()
+    letters = [k for k, v in options.items() if v.strip() == text]
+    if len(letters) != 1:
+        why = "matches no option" if not letters else f"matches options {', '.join(letters)}"
+        raise FieldError("answer_idx", f"missing, and answer {text!r} {why}")
+    return letters[0]
+
+
 @lru_cache(maxsize=256)
 def subject_from_path(source: str | None) -> str | None:
     """C-Eval names files ``clinical_medicine_val.csv``; CMMLU ``anatomy.csv``. The subject is the stem."""
@@ -111,21 +129,27 @@ class MedQAFormat(RecordFormat):
         options: dict[str, str] = {}
         if isinstance(raw, dict):
             for key, value in raw.items():
-                options[str(key).strip().upper()] = require_text(value, f"options.{key}")
+                letter = _new_option_key(key, options, f"options.{key}")
+                options[letter] = require_text(value, f"options.{key}")
         elif isinstance(raw, list):
             extra[HINT_PREFIX + "options_list"] = True
             for i, item in enumerate(raw):
                 if not isinstance(item, dict) or "key" not in item or "value" not in item:
                     raise FieldError(f"options[{i}]", "expected an object {key, value}")
-                options[str(item["key"]).strip().upper()] = require_text(item["value"], f"options[{i}].value")
+                letter = _new_option_key(item["key"], options, f"options[{i}].key")
+                options[letter] = require_text(item["value"], f"options[{i}].value")
         elif raw is None:
             raise FieldError("options", "missing or null")
         else:
             raise FieldError("options", f"expected an object or a list of {{key, value}}, got {type(raw).__name__}")
         if len(options) < 2:
             raise FieldError("options", "fewer than two options")
-        letter = _check_answer(row.get("answer_idx"), options, "answer_idx", required=True)
         answer_text = row.get("answer")
+        if row.get("answer_idx") in (None, "") and answer_text not in (None, ""):
+            letter = _letter_of_answer(answer_text, options)
+            extra[HINT_PREFIX + "derived_answer_idx"] = True
+        else:
+            letter = _check_answer(row.get("answer_idx"), options, "answer_idx", required=True)
         if answer_text is not None:
             answer_text = require_text(answer_text, "answer")
             if answer_text.strip() != options[letter].strip():
@@ -152,7 +176,8 @@ class MedQAFormat(RecordFormat):
             raise FieldError("answer", "MedQA rows need an answer")
         if not record.extra.get(HINT_PREFIX + "no_answer_text"):
             row["answer"] = record.options[record.answer]
-        row["answer_idx"] = record.answer
+        if not record.extra.get(HINT_PREFIX + "derived_answer_idx"):
+            row["answer_idx"] = record.answer
         if record.subject is not None and not record.extra.get(HINT_PREFIX + "derived_subject"):
             row["subject"] = record.subject
         row.update(public_extra(record.extra))

@@ -5,6 +5,13 @@ It speaks the endpoints the SDK calls under ``/api/v1``: ``files`` (multipart up
 It checks the bearer key, walks each job PENDING → RUNNING → SUCCEEDED (or FAILED) over a number of polls,
 records every request (method, path, query, body — never the key) and injects failures on demand.
 
+It answers the way the real service does where that is awkward for a client: the file list carries no md5
+(``list_md5=True`` adds it), a file that is gone answers ``400 ... File not found`` (not 404), a job's list
+entry does not echo the ``model_name`` it was created with (it shows only inside ``finetuned_output`` once the
+job SUCCEEDED), and ``ignore_log_offsets`` answers every log page from the first line. It can also hold an
+answer after storing what the request created (``hold``: a client killed then has lost the answer, the server
+kept the object), delete a file as the console would (``remove_file``) and fail a running job (``fail_job``).
+
     with FakeDashScope(api_key="sk-test") as server:
         server.fail("POST", "/api/v1/files", status=503)   # the next upload gets a 503
         client = BailianClient("sk-test", base_url=server.base_url, ...)
@@ -17,6 +24,7 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler
@@ -49,6 +57,18 @@ class Injected:
 
 
 @dataclass
+class Hold:
+    """Answer the next ``times`` requests to ``method path`` only once :attr:`release` is set (the object the
+    request creates is stored at once); :attr:`holding` is set while an answer waits."""
+
+    method: str
+    path: str
+    times: int
+    release: threading.Event = field(default_factory=threading.Event)
+    holding: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class FakeJob:
     output: dict[str, Any]
     outcome: str
@@ -59,14 +79,30 @@ class FakeJob:
 class FakeDashScope(ThreadedFake):
     """The server; :attr:`requests` lists what the SDK sent, in order."""
 
-    def __init__(self, api_key: str = "sk-fake-0123456789", *, polls_per_state: int = 1) -> None:
+    def __init__(
+        self,
+        api_key: str = "sk-fake-0123456789",
+        *,
+        polls_per_state: int = 1,
+        list_md5: bool = False,
+        missing_status: int = 400,
+        ignore_log_offsets: bool = False,
+        keep_contents: bool = True,
+    ) -> None:
         self.api_key = api_key
         self.polls_per_state = polls_per_state
+        self.list_md5 = list_md5
+        self.missing_status = missing_status
+        self.ignore_log_offsets = ignore_log_offsets
+        self.keep_contents = keep_contents
+        self._holds: list[Hold] = []
+        self._clock = datetime(2026, 11, 23, 10, 0, 0)
         self.job_outcome = "SUCCEEDED"  # what the next created job ends as
         self.requests: list[Recorded] = []
         self.files: dict[str, dict[str, Any]] = {}
         self.file_contents: dict[str, bytes] = {}
         self.jobs: dict[str, FakeJob] = {}
+        self.model_names: dict[str, str | None] = {}  # kept, not listed: shows in finetuned_output on success
         self.deployments: dict[str, dict[str, Any]] = {}
         self._injected: list[Injected] = []
         self._ids = itertools.count(1)
@@ -87,6 +123,35 @@ class FakeDashScope(ThreadedFake):
         """Answer the next ``times`` requests to ``method path`` (path prefix match) with ``status``."""
         body = {"request_id": "injected", "code": code or f"Injected{status}", "message": f"injected {status}"}
         self._injected.append(Injected(method.upper(), path, status, body, times))
+
+    def hold(self, method: str, path: str, *, times: int = 1) -> Hold:
+        """Store what the next ``method path`` request creates, but keep its answer until ``.release.set()``."""
+        h = Hold(method.upper(), path, times)
+        self._holds.append(h)
+        return h
+
+    def release_holds(self) -> None:
+        for h in self._holds:
+            h.release.set()
+
+    def remove_file(self, file_id: str) -> None:
+        """Delete a file as a user in the console would (no request recorded)."""
+        with self._lock:
+            self.files.pop(file_id, None)
+            self.file_contents.pop(file_id, None)
+
+    def fail_job(self, job_id: str, reason: str = "ERROR - training data rejected") -> None:
+        """End a job FAILED now, with a reason in its log."""
+        with self._lock:
+            job = self.jobs[job_id]
+            job.output["status"] = "FAILED"
+            job.output["end_time"] = self._now()
+            job.logs += [reason, "finetune-job failed"]
+
+    def _now(self) -> str:
+        """A clock that moves a minute a call: create times order jobs as the real list does."""
+        self._clock += timedelta(minutes=1)
+        return self._clock.strftime("%Y-%m-%d %H:%M:%S")
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
         """Recorded requests filtered by method and exact path."""
@@ -110,6 +175,14 @@ class FakeDashScope(ThreadedFake):
             self.requests.append(rec)
             status, payload = self._route(method, path, query, body, auth_ok)
             rec.status = status
+            hold = next(
+                (h for h in self._holds if h.times > 0 and h.method == method and path.startswith(h.path)), None
+            )
+            if hold is not None:
+                hold.times -= 1
+        if hold is not None:  # stored; the answer waits (a client killed now never learns the id)
+            hold.holding.set()
+            hold.release.wait(timeout=60)
         return status, payload
 
     def _route(self, method: str, path: str, query: dict[str, str], body: Any, auth_ok: bool) -> tuple[int, Any]:
@@ -148,22 +221,23 @@ class FakeDashScope(ThreadedFake):
                     "description": (body.get("descriptions") or [""])[0],
                     "size": len(content),
                     "md5": hashlib.md5(content, usedforsecurity=False).hexdigest(),
-                    "gmt_create": "2026-11-23 10:00:00",
+                    "gmt_create": self._now(),
                     "purpose": "fine-tune",
                 }
-                self.file_contents[file_id] = content
+                if self.keep_contents:
+                    self.file_contents[file_id] = content
                 uploaded.append({"file_id": file_id, "name": f["name"]})
             return 200, {"request_id": "r", "data": {"uploaded_files": uploaded, "failed_uploads": failed}}
         if method == "GET" and not rest:
             page_no, page_size = int(query.get("page_no", 1)), int(query.get("page_size", 10))
-            items = list(self.files.values())
+            items = [f if self.list_md5 else {k: v for k, v in f.items() if k != "md5"} for f in self.files.values()]
             page = items[(page_no - 1) * page_size : page_no * page_size]
             data = {"total": len(items), "page_no": page_no, "page_size": page_size, "files": page}
             return 200, {"request_id": "r", "data": data}
         if len(rest) == 1:
             file = self.files.get(rest[0])
-            if file is None:
-                return 404, _err("NotFound", f"file {rest[0]} not found")
+            if file is None:  # DashScope answers 400 for a file id it does not know
+                return self.missing_status, _err("InvalidParameter", f"File not found: {rest[0]}")
             if method == "GET":
                 return 200, {"request_id": "r", "data": file}
             if method == "DELETE":
@@ -179,6 +253,7 @@ class FakeDashScope(ThreadedFake):
             if problem:
                 return 400, _err("InvalidParameter", problem)
             job_id = self._next_id("ft-202611231000")
+            self.model_names[job_id] = body.get("model_name")
             output = {
                 "job_id": job_id,
                 "job_name": job_id,
@@ -190,7 +265,7 @@ class FakeDashScope(ThreadedFake):
                 "validation_file_ids": body.get("validation_file_ids") or [],
                 "hyper_parameters": body.get("hyper_parameters") or {},
                 "training_type": body.get("training_type") or "efficient_sft",
-                "create_time": "2026-11-23 10:00:00",
+                "create_time": self._now(),
                 "end_time": None,
                 "usage": None,
             }
@@ -210,6 +285,8 @@ class FakeDashScope(ThreadedFake):
             return 200, {"request_id": "r", "output": dict(job.output)}
         if method == "GET" and rest[1:] == ["logs"]:
             offset, line = int(query.get("offset", 0)), int(query.get("line", 100))
+            if self.ignore_log_offsets:
+                offset = 0
             out = {"total": len(job.logs), "logs": job.logs[offset : offset + line]}
             return 200, {"request_id": "r", "output": out}
         if method == "POST" and rest[1:] == ["cancel"]:
@@ -262,12 +339,14 @@ class FakeDashScope(ThreadedFake):
             job.logs += ["start training", "{'loss': 1.234, 'epoch': 1.0}"]
         elif job.outcome == "FAILED":
             job.output["status"] = "FAILED"
-            job.output["end_time"] = "2026-11-23 10:30:00"
+            job.output["end_time"] = self._now()
             job.logs += ["ERROR - CUDA out of memory", "finetune-job failed"]
         else:
             job.output["status"] = "SUCCEEDED"
-            job.output["end_time"] = "2026-11-23 10:30:00"
-            job.output["finetuned_output"] = f"{job.output['model']}-ft-{job.output['job_id']}"
+            job.output["end_time"] = self._now()
+            name = self.model_names.get(job.output["job_id"])
+            infix = f"-{name}" if name else ""
+            job.output["finetuned_output"] = f"{job.output['model']}{infix}-ft-{job.output['job_id']}"
             job.output["usage"] = 279808
             job.logs += ["{'loss': 0.912, 'epoch': 2.0}", "Fine-tune succeeded!", "finetune-job succeeded"]
 
