@@ -38,7 +38,7 @@ from medtune_core.recall import (
 )
 from medtune_core.settings import get_settings
 from medtune_core.training import stage_config
-from tasks.artifacts import publish_markdown, publish_table
+from tasks.artifacts import publish_image, publish_markdown, publish_table
 from tasks.base import call_fresh, map_fresh
 from tasks.recall import (
     decontaminate_and_mix,
@@ -270,10 +270,12 @@ def eval_driven_recall(params: EvalDrivenRecallParams) -> dict[str, str]:
     )
     publish_table("recall-stats", found["stats"], "Recall per subject (threshold, leakage guard, per-row cap applied)")
     publish_markdown("recall-report", found["report"], "Coverage per subject and the most-recalled rows")
-    publish_markdown(
+    publish_image(
         "recall-score-histogram",
-        f"Score histogram: `{found['histogram']}` — {found['recalled'].rows} rows recalled, "
-        f"{found['leaked'].rows} caught by the leakage guard (max_similarity {params.guard}).",
+        found["histogram"],
+        "Recall score histogram",
+        f"{found['recalled'].rows} rows recalled, {found['leaked'].rows} caught by the leakage guard "
+        f"(max_similarity {params.guard}).",
     )
     sets = call_fresh(
         decontaminate_and_mix,

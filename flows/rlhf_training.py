@@ -31,7 +31,7 @@ from medtune_core.training import STAGES, AdapterType, stage_config
 from medtune_core.training.config import qlora_unavailable
 from medtune_core.training.pipeline import validate_chain
 from medtune_core.training.preflight import check_chain_inputs
-from tasks.artifacts import publish_markdown, publish_table
+from tasks.artifacts import publish_image, publish_markdown, publish_table
 from tasks.dispatch import Device, choose_placement
 from tasks.safety import SafetyEvalOptions, safety_compare, safety_eval
 from tasks.training import resolve_base, run_stage_here, with_input_files
@@ -239,6 +239,9 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
             }
         )
     publish_table("rlhf-training-stages", rows, "Per-stage metrics, loss curves and models")
+    for row in rows:
+        if row["loss curve"]:
+            publish_image(f"rlhf-training-loss-{row['stage']}", row["loss curve"], f"Loss curve of {row['stage']}")
     if warnings:
         publish_markdown(
             "rlhf-training-warnings",
