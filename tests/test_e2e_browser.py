@@ -2,7 +2,9 @@
 
 From the UI's front page: Deployments → ``data-synthesis`` / ``default`` → Run → Custom run, the form's
 ``Num Samples`` switched to an int and set to 3, ``Output Dir`` set, Submit; then the run's own page until it
-shows Completed. The screenshot goes to ``test-artifacts/prefect-ui-custom-run.png``. The server and workers
+shows Completed. The screenshot goes to ``test-artifacts/prefect-ui-custom-run.png``. Then an
+``eval-driven-recall`` run's page: its Artifacts tab must display the score histogram (the image decoded, not a
+path or a broken link); screenshot ``test-artifacts/prefect-ui-run-chart.png``. The server and workers
 are the shared ``prefect_stack`` (``tests/e2e_server.py``). Chromium is the Debian package, driven by
 Playwright through its executable path (no ``playwright install``); without either the module skips.
 """
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.e2e_server import form_parameters
 
 if TYPE_CHECKING:
     from tests.e2e_server import PrefectStack
@@ -29,6 +33,8 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACT = REPO / "test-artifacts" / "prefect-ui-custom-run.png"
+CHART_SHOT = REPO / "test-artifacts" / "prefect-ui-run-chart.png"
+HISTOGRAM_ALT = "Recall score histogram"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -94,3 +100,38 @@ def test_custom_run_from_the_prefect_ui_completes(prefect_stack: PrefectStack) -
     params = stack.flow_run(run["id"])["parameters"]["params"]
     assert params["num_samples"] == 3 and params["output_dir"] == str(out), params
     assert sorted(p.name for p in out.glob("*_seed.jsonl")), f"no output in {out}"
+
+
+def _browser(pw: object) -> object:
+    return pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)  # type: ignore[attr-defined]
+
+
+def test_a_runs_chart_displays_on_its_page(prefect_stack: PrefectStack) -> None:
+    stack = prefect_stack
+    deployment = stack.deployments()["eval-driven-recall/default"]
+    out = stack.work / "browser-recall"
+    run = stack.run_deployment(deployment, form_parameters(deployment, {"output_dir": str(out)}))
+    final = stack.wait_final([run["id"]], timeout=RUN_TIMEOUT_S)[run["id"]]
+    assert final["state_type"] == "COMPLETED", stack.explain(final)
+    CHART_SHOT.parent.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
+            try:
+                page.goto(f"{stack.url}/runs/flow-run/{run['id']}")
+                page.get_by_role("tab", name="Artifacts").click()
+                image = page.locator(f'img[alt="{HISTOGRAM_ALT}"]')
+                if not image.count():  # the tab lists artifacts as cards: open the histogram's
+                    page.get_by_text("recall-score-histogram").first.click()
+                image.first.scroll_into_view_if_needed()
+                sync_api.expect(image.first).to_be_visible()
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.first.element_handle())
+                width = image.first.evaluate("img => img.naturalWidth")
+                assert width >= 100, f"the histogram is {width} px wide"
+            finally:
+                page.screenshot(path=str(CHART_SHOT), full_page=True)
+        finally:
+            browser.close()  # type: ignore[attr-defined]
