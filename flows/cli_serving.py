@@ -3,6 +3,7 @@
     medtune infer prompts.jsonl generations.jsonl --model embedded:smollm2-135m-instruct --adapter out/sft/adapter
     medtune chat --model out/merged
     medtune api --model out/merged [--adapter PATH] [--port 8000] [--api-key KEY] [--host 127.0.0.1] [--embeddings]
+                [--served-model-name medtune-med --served-model-name alias] [--max-tokens-limit 4096]
     medtune ui --model out/merged [--port 7860]
     medtune safety-eval --model out/merged --label rl --out runs/safety/rl --compare runs/safety/sft/safety_report.json
     medtune safety-eval --generations gen_gold.jsonl --generations gen_redteam.jsonl --label rl   # score only
@@ -158,11 +159,22 @@ def api(
     api_key: Annotated[
         str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (default: $MEDTUNE_API_KEY if set).")
     ] = None,
-    served_name: Annotated[str | None, typer.Option(help="Model id reported by /v1/models.")] = None,
+    served_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--served-model-name",
+            "--served-name",
+            help="Model name(s) clients must ask for (repeatable: the first is the id, the others aliases); "
+            "default: the model's name. Requests for another model get 404.",
+        ),
+    ] = None,
     embeddings: Annotated[
         str | None, typer.Option(help="Also serve /v1/embeddings with this sentence-transformers model.")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Default max_tokens.")] = 512,
+    max_tokens_limit: Annotated[
+        int, typer.Option("--max-tokens-limit", help="Largest max_tokens a request may ask for (more: 400).")
+    ] = 4096,
     temperature: Annotated[float, typer.Option(help="Default temperature.")] = 0.7,
     chat_template: TemplateOpt = None,
     strict_template: StrictOpt = False,
@@ -172,15 +184,25 @@ def api(
     from medtune_core.serving.openai_server import Embedder, ServerConfig, create_app, serve
 
     key = api_key or os.environ.get("MEDTUNE_API_KEY") or None
-    gen = _load(model, adapter, chat_template, strict_template, device, served_name) if model or adapter else None
+    names = list(dict.fromkeys(served_name or []))
+    first = names[0] if names else None
+    gen = _load(model, adapter, chat_template, strict_template, device, first) if model or adapter else None
     emb = None
     if embeddings:
         with user_errors(OSError):
             emb = Embedder(embeddings)
     if gen is None and emb is None:
         fail("nothing to serve: pass --model and/or --embeddings", 2)
-    cfg = ServerConfig(api_key=key, default_max_tokens=max_new_tokens, default_temperature=temperature)
-    app = create_app(gen, config=cfg, embedder=emb, model_name=served_name)
+    if max_new_tokens > max_tokens_limit:
+        fail(f"--max-new-tokens {max_new_tokens} is above --max-tokens-limit {max_tokens_limit}", 2)
+    cfg = ServerConfig(
+        api_key=key,
+        default_max_tokens=max_new_tokens,
+        max_tokens_limit=max_tokens_limit,
+        default_temperature=temperature,
+        aliases=names[1:],
+    )
+    app = create_app(gen, config=cfg, embedder=emb, model_name=first)
     typer.echo(f"serving {gen.name if gen else emb.name} at http://{host}:{port}/v1 (auth: {'on' if key else 'off'})")
     serve(app, host, port, api_key=key)
 

@@ -44,6 +44,7 @@ from medtune_core.training.templates import TemplateError, save_template
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-123"
+SERVED = "tiny-served"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def tiny() -> Path:
 
 @pytest.fixture(scope="module")
 def gen(tiny: Path) -> Generator:
-    return Generator(load_for_inference(str(tiny), name="tiny-served"))
+    return Generator(load_for_inference(str(tiny), name=SERVED))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def client(server: BackgroundServer) -> openai.OpenAI:
 
 def ask(client: openai.OpenAI, text: str, seed: int, **kw):
     return client.chat.completions.create(
-        model="anything",
+        model=kw.pop("model", SERVED),
         messages=[{"role": "user", "content": text}],
         max_tokens=kw.pop("max_tokens", 8),
         temperature=1.0,
@@ -80,9 +81,9 @@ def ask(client: openai.OpenAI, text: str, seed: int, **kw):
 
 # ------------------------------------------------------------------------------------------------- server
 def test_models_and_plain_completion_with_usage(client: openai.OpenAI, gen: Generator) -> None:
-    assert [m.id for m in client.models.list().data] == ["tiny-served"]
+    assert [m.id for m in client.models.list().data] == [SERVED]
     r = ask(client, "头痛怎么办？", seed=1)
-    assert r.object == "chat.completion" and r.model == "tiny-served"
+    assert r.object == "chat.completion" and r.model == SERVED
     choice = r.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
     prompt_tokens = gen.count_tokens(gen.render([{"role": "user", "content": "头痛怎么办？"}]))
@@ -109,7 +110,7 @@ def test_streamed_completion_matches_plain_one(client: openai.OpenAI, server: Ba
         "POST",
         f"{server.base_url}/chat/completions",
         headers={"Authorization": f"Bearer {KEY}"},
-        json={"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
+        json={"model": SERVED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True},
         timeout=60,
     ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -131,9 +132,78 @@ def test_auth_is_required(server: BackgroundServer) -> None:
 
 def test_bad_requests_get_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="role"):
-        client.chat.completions.create(model="x", messages=[{"role": "robot", "content": "hi"}])
+        client.chat.completions.create(model=SERVED, messages=[{"role": "robot", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="n=1"):
-        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hi"}], n=2)
+
+
+def test_unknown_model_is_404_in_openai_shape_and_aliases_are_served(gen: Generator, server: BackgroundServer) -> None:
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    body = err.value.body
+    assert body["code"] == "model_not_found" and body["param"] == "model" and body["type"] == "invalid_request_error"
+    assert "gpt-4o" in body["message"] and SERVED in body["message"]
+    app = create_app(gen, config=ServerConfig(aliases=["medtune-med", "sft"]), model_name="medtune-tiny")
+    with BackgroundServer(app) as srv:
+        c = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["medtune-tiny", "medtune-med", "sft"]
+        for name in ("medtune-tiny", "medtune-med", "sft"):
+            r = ask(c, "头痛", seed=1, model=name, max_tokens=2)
+            assert r.model == "medtune-tiny" and r.usage.completion_tokens >= 1
+        with pytest.raises(openai.NotFoundError):
+            ask(c, "头痛", seed=1, model=SERVED)
+        with pytest.raises(openai.NotFoundError, match=r"does not exist"):
+            ask(c, "头痛", seed=1, model="medtune-med ", stream=True)
+
+
+def test_max_tokens_over_the_limit_is_refused_not_capped(client: openai.OpenAI) -> None:
+    for field in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(openai.BadRequestError, match=f"{field}: 1000000000 is more than this server allows") as e:
+            client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "hi"}], **{field: 10**9})
+        assert "4096" in e.value.body["message"]
+    r = ask(client, "hi", seed=1, max_tokens=4096 // 1024)  # at the limit or under: answered
+    assert r.choices[0].message.content
+
+
+def test_invalid_json_is_answered_in_plain_words(server: BackgroundServer) -> None:
+    url, headers = f"{server.base_url}/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    broken = '{"model": "tiny-served", "messages": [{"role": "user", "content": "hi"}'
+    r = httpx.post(url, content=broken, headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert message.startswith("the request body is not valid JSON:") and "at character" in message
+    assert "JSON decode error" not in message
+    r = httpx.post(url, content="[1, 2]", headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"model": SERVED}, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "messages: Field required"
+
+
+def test_answers_cut_by_max_tokens_never_end_in_half_a_character(client: openai.OpenAI, gen: Generator) -> None:
+    """The tiny model's byte-level vocabulary splits Chinese characters over several tokens; answers cut by
+    max_tokens (plain and streamed) must end on a whole character, and the stream must equal the plain answer."""
+    import torch
+
+    prompt = gen.render([{"role": "user", "content": "头痛怎么办？"}])
+    raw_cut = 0
+    for seed in range(12):
+        params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=seed)
+        with gen.lock:  # what the decoder alone makes of the same tokens
+            enc = gen._encode([prompt])
+            torch.manual_seed(seed)
+            out = gen.model.generate(**enc, **gen._gen_kwargs(params))
+        raw = gen.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        raw_cut += raw.endswith("\ufffd")
+        plain = ask(client, "头痛怎么办？", seed=seed, max_tokens=5).choices[0].message.content
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in ask(client, "头痛怎么办？", seed=seed, max_tokens=5, stream=True)
+            if c.choices
+        )
+        assert not plain.endswith("\ufffd") and not streamed.endswith("\ufffd"), (seed, plain, streamed)
+        assert streamed == plain == raw.rstrip("\ufffd")
+    assert raw_cut >= 1, "no answer was cut inside a character: the test proves nothing"
 
 
 def test_concurrent_requests_get_their_own_answers(client: openai.OpenAI) -> None:
@@ -152,7 +222,7 @@ def test_llm_client_uses_the_server_as_base_url(server: BackgroundServer) -> Non
     from medtune_core.llm import LLMClient, LLMConfig
 
     async def go():
-        async with LLMClient(LLMConfig(model="local", base_url=server.base_url, api_key=KEY)) as llm:
+        async with LLMClient(LLMConfig(model=SERVED, base_url=server.base_url, api_key=KEY)) as llm:
             return await llm.chat([{"role": "user", "content": "你好"}], max_tokens=4, temperature=0)
 
     res = asyncio.run(go())

@@ -73,6 +73,17 @@ def normalize_messages(messages: Sequence[MessageLike]) -> list[dict[str, str]]:
     return out
 
 
+REPLACEMENT = "\ufffd"
+
+
+def drop_partial_char(text: str) -> str:
+    """``text`` without the replacement characters a decoder leaves at its end when the last tokens hold only part
+    of a character's UTF-8 bytes (byte-level BPE splits most Chinese characters over two or three tokens, so
+    ``max_new_tokens`` often cuts one in half). As in vLLM's incremental detokenizer, a trailing U+FFFD is taken for
+    such an unfinished sequence: it is held back while streaming and left out of the final text."""
+    return text.rstrip(REPLACEMENT)
+
+
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
@@ -138,7 +149,7 @@ class Generator:
         end = next((i for i, t in enumerate(new_ids) if t in eos), None)
         tokens = new_ids if end is None else new_ids[:end]
         completion = len(new_ids) if end is None else end + 1
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = drop_partial_char(self.tokenizer.decode(tokens, skip_special_tokens=True))
         text, stopped = _cut_at_stop(text, params.stop)
         hit_limit = end is None and not stopped and completion >= params.max_new_tokens
         reason = "length" if hit_limit else "stop"
@@ -208,10 +219,10 @@ class GenerationStream:
 
     def _run(self) -> Iterator[str]:
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
 
         gen, params = self.gen, self.params
-        streamer = TextIteratorStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _whole_char_streamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True)
         box: dict[str, Any] = {}
 
         def work() -> None:
@@ -275,6 +286,39 @@ class GenerationStream:
         self.result = Generation(
             emitted, res.prompt_tokens, res.completion_tokens, "stop" if stopped else res.finish_reason
         )
+
+
+def _whole_char_streamer_class() -> type:
+    from transformers import TextIteratorStreamer
+
+    class WholeCharStreamer(TextIteratorStreamer):
+        """transformers' streamer that never ends on half a character. While streaming, transformers already holds
+        back text ending in a symbol such as U+FFFD until the next space; at the end of the stream it flushes
+        everything, so an answer cut by ``max_new_tokens`` in the middle of a character would end in U+FFFD. This
+        flush drops it (:func:`drop_partial_char`), so the streamed text equals the plain answer."""
+
+        def end(self) -> None:
+            if self.token_cache:
+                text = drop_partial_char(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+                printable = text[self.print_len :]
+                self.token_cache, self.print_len = [], 0
+            else:
+                printable = ""
+            self.next_tokens_are_prompt = True
+            self.on_finalized_text(printable, stream_end=True)
+
+    return WholeCharStreamer
+
+
+_STREAMER_CLASS: type | None = None
+
+
+def _whole_char_streamer(*args: Any, **kwargs: Any) -> Any:
+    """A :class:`WholeCharStreamer` (the class is made on first use, so importing this module loads no transformers)."""
+    global _STREAMER_CLASS
+    if _STREAMER_CLASS is None:
+        _STREAMER_CLASS = _whole_char_streamer_class()
+    return _STREAMER_CLASS(*args, **kwargs)
 
 
 def _overlap(text: str, stop: str) -> int:

@@ -5,8 +5,12 @@ OpenAI's chunk format ending with ``data: [DONE]``; ``usage`` always in plain an
 ``stream_options.include_usage``, in a last chunk), ``POST /v1/embeddings`` when an embedding model is loaded
 (sentence-transformers, e.g. ``embedded:minilm-l6``), ``GET /health``.
 
-- Any ``model`` name is accepted (answers name the served model), so the other flows' ``LLMConfig(model=...)``
-  works unchanged; ``response_format`` is accepted and ignored (the client validates answers itself).
+- ``model`` must name the served model or one of its aliases (``--served-model-name``, repeatable), as with vLLM;
+  another name gets 404 ``model_not_found`` in OpenAI's error shape, so a client pointed at the wrong server or
+  model learns it at once instead of getting answers from a model it did not ask for. ``response_format`` is
+  accepted and ignored (the client validates answers itself).
+- ``max_tokens`` above the server's limit is a 400 naming the limit (never silently capped); a body that is not
+  JSON is a 400 that says so in plain words, with the position of the error.
 - ``api_key`` set: every ``/v1`` request needs ``Authorization: Bearer <key>`` (401 otherwise, OpenAI error body).
 - Binds ``127.0.0.1`` unless told otherwise; binding elsewhere without a key logs a warning.
 - Concurrency: requests are accepted concurrently, generation runs in worker threads under the model's lock
@@ -83,14 +87,47 @@ class ServerConfig(BaseModel):
 
     api_key: str | None = Field(None, description="Bearer key required on /v1 routes; None: open.")
     default_max_tokens: int = Field(512, ge=1)
-    max_tokens_limit: int = Field(4096, ge=1)
+    max_tokens_limit: int = Field(4096, ge=1, description="A request asking for more tokens gets a 400.")
     default_temperature: float = Field(0.7, ge=0, le=2)
+    aliases: list[str] = Field(default_factory=list, description="More names the chat model answers to.")
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> Any:
+def _error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> Any:
     from fastapi.responses import JSONResponse
 
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": type_, "code": code}})
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(status_code=status, content=body)
+
+
+def _unknown_model(name: str, known: list[str]) -> Any:
+    return _error(
+        404,
+        f"The model `{name}` does not exist on this server; it serves: {', '.join(known) or 'nothing'}.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    """Plain words for FastAPI's validation errors (a body that is not JSON reads "JSON decode error" otherwise)."""
+    problems = []
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            pos = e["loc"][-1] if e.get("loc") else "?"
+            reason = (e.get("ctx") or {}).get("error", "not valid JSON")
+            problems.append(f"the request body is not valid JSON: {reason} (at character {pos})")
+        elif e.get("type") == "model_attributes_type":
+            problems.append("the request body must be a JSON object")
+        else:
+            where = ".".join(map(str, e.get("loc", ())[1:])) or "body"
+            problems.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(problems) or "invalid request"
 
 
 class Embedder:
@@ -113,10 +150,17 @@ class Embedder:
 
 
 def sampling_from_request(req: ChatCompletionRequest, cfg: ServerConfig) -> SamplingParams:
+    """Sampling parameters of a request; ``max_tokens`` above the server's limit is refused (ValueError)."""
     max_tokens = req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens
+    if max_tokens > cfg.max_tokens_limit:
+        field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        raise ValueError(
+            f"{field}: {max_tokens} is more than this server allows ({cfg.max_tokens_limit}); ask for at most "
+            f"{cfg.max_tokens_limit} (medtune api --max-tokens-limit raises it)"
+        )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return SamplingParams(
-        max_new_tokens=min(max_tokens, cfg.max_tokens_limit),
+        max_new_tokens=max_tokens,
         temperature=cfg.default_temperature if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=req.top_k,
@@ -141,13 +185,13 @@ def create_app(
 
     cfg = config or ServerConfig()
     served = model_name or (generator.name if generator is not None else None)
+    chat_names = list(dict.fromkeys([served, *cfg.aliases])) if served else []
     app = FastAPI(title="medtune OpenAI-compatible server", version="1")
     created = int(time.time())
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Any:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
-        return _error(400, problems or "invalid request")
+        return _error(400, _validation_message(list(exc.errors())))
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Any:
@@ -164,9 +208,7 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        data = []
-        if served:
-            data.append({"id": served, "object": "model", "created": created, "owned_by": "medtune"})
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "medtune"} for name in chat_names]
         if embedder is not None:
             data.append({"id": embedder.name, "object": "model", "created": created, "owned_by": "medtune"})
         return {"object": "list", "data": data}
@@ -174,7 +216,9 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         if generator is None:
-            return _error(404, "this server has no chat model loaded", code="model_not_found")
+            return _error(404, "this server has no chat model loaded", code="model_not_found", param="model")
+        if req.model is not None and req.model not in chat_names:
+            return _unknown_model(req.model, chat_names)
         if req.n != 1:
             return _error(400, "n: only n=1 is supported")
         try:
@@ -264,8 +308,13 @@ def create_app(
     async def embeddings(req: EmbeddingRequest) -> Any:
         if embedder is None:
             return _error(
-                404, "this server has no embedding model (start it with --embeddings)", code="model_not_found"
+                404,
+                "this server has no embedding model (start it with --embeddings)",
+                code="model_not_found",
+                param="model",
             )
+        if req.model is not None and req.model != embedder.name:
+            return _unknown_model(req.model, [embedder.name])
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         if not texts or not all(isinstance(t, str) for t in texts):
             return _error(400, "input: expected a string or a non-empty list of strings")
