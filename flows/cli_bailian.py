@@ -25,12 +25,17 @@ app = typer.Typer(help="Bailian (Alibaba Cloud Model Studio) fine-tuning, step b
 jobs_app = typer.Typer(help="Fine-tune jobs: create, list, get, wait, logs, cancel.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 
-RegionOpt = Annotated[str, typer.Option(help="Bailian region: cn-beijing or ap-southeast-1.")]
-BaseUrlOpt = Annotated[str | None, typer.Option(help="DashScope API URL override.")]
-WorkspaceOpt = Annotated[str | None, typer.Option(help="Bailian workspace id.")]
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(help="Bailian region: cn-beijing or ap-southeast-1 (default: DASHSCOPE_API_REGION, else cn-beijing)."),
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option(help="DashScope API URL (default: DASHSCOPE_HTTP_BASE_URL, else the region's URL).")
+]
+WorkspaceOpt = Annotated[str | None, typer.Option(help="Bailian workspace id (default: DASHSCOPE_WORKSPACE_ID).")]
 
 
-def _client(region: str, base_url: str | None, workspace: str | None) -> Any:
+def _client(region: str | None, base_url: str | None, workspace: str | None) -> Any:
     from medtune_core.bailian import BailianClient
 
     with user_errors(code=2):
@@ -47,7 +52,7 @@ def convert(
     out_dir: Annotated[Path, typer.Argument(help="Output folder.")],
     region: Annotated[list[str] | None, typer.Option("--region", help="mainland, taiwan, us (repeatable).")] = None,
     split: Annotated[list[str] | None, typer.Option("--split", help="train, dev, test (repeatable).")] = None,
-    language: Annotated[str, typer.Option(help="For a single file: zh, en or auto (en under US/).")] = "auto",
+    language: Annotated[str, typer.Option(help="auto (read from the text), zh or en.")] = "auto",
     system_prompt: Annotated[str | None, typer.Option(help="Replace the system prompt.")] = None,
     policy: Annotated[str, typer.Option(help="strict or skip (bad rows to OUT.rejects.jsonl).")] = "strict",
 ) -> None:
@@ -57,33 +62,45 @@ def convert(
     prompts = BailianPrompts().with_system(system_prompt)
     with user_errors(FileNotFoundError):
         if source.is_file():
-            lang = language if language != "auto" else ("en" if "US" in source.parts else "zh")
+            fallback = "en" if "US" in source.parts else "zh"
             manifests = [
-                convert_medqa_file(source, out_dir / source.name, language=lang, prompts=prompts, policy=policy)
+                convert_medqa_file(
+                    source,
+                    out_dir / source.name,
+                    language=language,  # type: ignore[arg-type]
+                    fallback_language=fallback,
+                    prompts=prompts,
+                    policy=policy,
+                )
             ]
         else:
             manifests = convert_medqa_tree(
-                source, out_dir, regions=region, splits=split, prompts=prompts, policy=policy
+                source,
+                out_dir,
+                regions=region,
+                splits=split,
+                prompts=prompts,
+                policy=policy,
+                language=language,  # type: ignore[arg-type]
             )
     for m in manifests:
-        rejected = f", {m.rejects['count']} rejected" if m.rejects else ""
-        typer.echo(f"{m.path}: {m.rows} rows{rejected}")
+        rejected = f", {m.rejects['count']} rejected → {m.rejects['path']}" if m.rejects else ""
+        typer.echo(f"{m.path}: {m.rows} rows ({m.extra.get('language')}){rejected}")
 
 
 @app.command()
 def split(
     files: Annotated[list[Path], typer.Argument(help="Bailian files.")],
-    max_mb: Annotated[float, typer.Option(help="Size limit per part in MB.")] = 300.0,
+    max_mb: Annotated[float, typer.Option(help="Size limit per part, decimal MB (at most 294, 2% under 300).")] = 300.0,
     max_rows: Annotated[int | None, typer.Option(help="Row limit per part.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where parts go; default beside each file.")] = None,
 ) -> None:
     """Validate and split files under the size limit, whole lines only."""
-    from medtune_core.bailian import split_file
-    from medtune_core.bailian.split import MB
+    from medtune_core.bailian import max_part_bytes, split_file
 
     for f in files:
         with user_errors(FileNotFoundError):
-            parts = split_file(f, out_dir, max_bytes=int(max_mb * MB), max_rows=max_rows)
+            parts = split_file(f, out_dir, max_bytes=max_part_bytes(max_mb), max_rows=max_rows)
         for p in parts:
             typer.echo(f"{p.path}: {p.rows} rows, {p.bytes} bytes")
 
@@ -104,14 +121,18 @@ def estimate(
         stats = [count_file_tokens(f, counter, max_length=max_length) for f in files]
         est = estimate_cost(model, epochs, stats, prices={model: price} if price is not None else None)
     for s in stats:
-        typer.echo(f"{s.path}: {s.rows} rows, {s.tokens:,} tokens (max {s.max_row_tokens}/row)")
+        over = f", {s.rows_over_max_length} rows over max_length {max_length}" if max_length is not None else ""
+        typer.echo(f"{s.path}: {s.rows} rows, {s.tokens:,} tokens (max {s.max_row_tokens}/row){over}")
+    over_total = sum(s.rows_over_max_length for s in stats)
+    if over_total:
+        typer.echo(f"warning: {over_total} rows longer than max_length {max_length} will be truncated", err=True)
     typer.echo(est.summary())
 
 
 @app.command()
 def upload(
-    files: Annotated[list[Path], typer.Argument(help="Bailian files (each at most 300 MB).")],
-    region: RegionOpt = "cn-beijing",
+    files: Annotated[list[Path], typer.Argument(help="Bailian files (each at most 300 MB), checked line by line.")],
+    region: RegionOpt = None,
     base_url: BaseUrlOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -126,7 +147,7 @@ def upload(
 @app.command("files")
 def files_cmd(
     delete: Annotated[list[str] | None, typer.Option("--delete", help="Delete these file ids.")] = None,
-    region: RegionOpt = "cn-beijing",
+    region: RegionOpt = None,
     base_url: BaseUrlOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -154,7 +175,7 @@ def jobs_create(
     lora_rank: Annotated[int, typer.Option()] = 64,
     lora_alpha: Annotated[int, typer.Option()] = 128,
     max_length: Annotated[int, typer.Option()] = 2048,
-    region: RegionOpt = "cn-beijing",
+    region: RegionOpt = None,
     base_url: BaseUrlOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -186,7 +207,7 @@ def jobs_create(
 
 
 @jobs_app.command("list")
-def jobs_list(region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None) -> None:
+def jobs_list(region: RegionOpt = None, base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None) -> None:
     """List fine-tune jobs, one JSON object a line."""
     client = _client(region, base_url, workspace)
     with user_errors():
@@ -196,7 +217,7 @@ def jobs_list(region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, wor
 
 @jobs_app.command("get")
 def jobs_get(
-    job_id: str, region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
+    job_id: str, region: RegionOpt = None, base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
 ) -> None:
     """One job as JSON."""
     client = _client(region, base_url, workspace)
@@ -206,19 +227,15 @@ def jobs_get(
 
 @jobs_app.command("logs")
 def jobs_logs(
-    job_id: str, region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
+    job_id: str, region: RegionOpt = None, base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
 ) -> None:
     """Print a job's log lines."""
+    from medtune_core.bailian import LogCursor
+
     client = _client(region, base_url, workspace)
     with user_errors():
-        offset = 0
-        while True:
-            lines, total = client.job_logs(job_id, offset=offset)
-            for line in lines:
-                typer.echo(line)
-            offset += len(lines)
-            if not lines or offset >= total:
-                break
+        for line in client.new_log_lines(job_id, LogCursor()):
+            typer.echo(line)
 
 
 @jobs_app.command("wait")
@@ -226,7 +243,7 @@ def jobs_wait(
     job_id: str,
     interval: Annotated[float, typer.Option(help="First poll interval in seconds.")] = 30.0,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
-    region: RegionOpt = "cn-beijing",
+    region: RegionOpt = None,
     base_url: BaseUrlOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
@@ -239,7 +256,7 @@ def jobs_wait(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: str, region: RegionOpt = "cn-beijing", base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
+    job_id: str, region: RegionOpt = None, base_url: BaseUrlOpt = None, workspace: WorkspaceOpt = None
 ) -> None:
     """Cancel a running job."""
     client = _client(region, base_url, workspace)
