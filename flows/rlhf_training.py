@@ -139,11 +139,10 @@ class RLHFTrainingParams(StrictParams):
         if self.force is not None:
             self.first_forced()
         validate_chain(self.stage_configs("placeholder"))  # reject impossible chains before anything runs
-        qlora_here = self.cuda_deployment is None and any(
-            c.adapter.type is AdapterType.QLORA for c in self.stage_configs("placeholder")
-        )
-        if qlora_here and (problem := qlora_unavailable()):  # trained here: say so now, not minutes into the run
-            raise ValueError(problem)
+        qlora = any(c.adapter.type is AdapterType.QLORA for c in self.stage_configs("placeholder"))
+        if qlora and self.device != "cuda-pool" and (problem := qlora_unavailable()):
+            # it may train here: say so now, not minutes into the run
+            raise ValueError(f"{problem} (or set device: cuda-pool to train on the CUDA pool)")
         return self
 
     def _apply_overrides(self) -> None:

@@ -126,7 +126,7 @@ def chat_lengths(tokenizer: Any, rows: Iterable[dict[str, Any]], max_length: int
 def prepare_chat(config: StageConfig, tokenizer: Any) -> tuple[Any, Any, dict[str, Any]]:
     rows = load_rows(config.train_files, "chat", max_samples=config.max_samples, convert=config.convert_data)
     lengths, no_answer = chat_lengths(tokenizer, rows, config.max_length)
-    rows, stats = drop_unusable(config, rows, lengths, no_answer, "keep no answer token after truncation")
+    rows, stats = drop_unusable(config, rows, lengths, no_answer, "have no answer token left after truncation")
     stats["samples_without_answer_after_truncation"] = stats["dropped"]
     if stats["truncated_samples"]:
         log.warning(
