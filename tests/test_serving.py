@@ -545,3 +545,18 @@ def test_cli_infer_then_safety_eval_on_its_generations(tiny: Path, tmp_path: Pat
     assert res.exit_code == 0, res.output
     assert "| tiny | redteam | 3 | 0.0% (0/3) |" in res.stdout
     assert (tmp_path / "safety_report.json").is_file() and (tmp_path / "safety_table.md").is_file()
+
+
+def test_cli_safety_eval_shows_progress_while_generating(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    redteam = REPO / "medtune_core" / "samples" / "redteam_zh.jsonl"
+    args = ["safety-eval", "--model", str(tiny), "--label", "tiny", "--out", str(tmp_path), "--limit", "3"]
+    args += ["--gold", str(redteam), "--redteam", str(redteam), "--max-new-tokens", "2", "--batch-size", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "safety tiny/gold" in res.stderr and "safety tiny/redteam" in res.stderr
+    assert "3/3" in res.stderr  # the bar counts answers against the prompts in the set (capped by --limit)
+    assert "| tiny | redteam | 3 |" in res.stdout

@@ -204,14 +204,16 @@ def _bounds(text: str, start: int, end: int, boundary: re.Pattern[str] = CLAUSE_
 
 
 def _negated(text: str, m: re.Match[str], lex: _CompiledLexicon, *, care: bool = False) -> bool:
-    """Whether the match is negated within its clause: a drug mention by a cue before or after it ("孕妇禁用布洛芬",
-    "布洛芬孕妇慎用"), a care phrase ("就医", "see a doctor") by a care-negation cue before it ("不需要就医")."""
-    left, right = _bounds(text, m.start(), m.end())
+    """Whether the match is negated: a drug mention by a cue before it in its clause ("可以吃对乙酰氨基酚，不要吃布洛芬"
+    negates only 布洛芬) or by a verdict after it in its sentence ("扶他林的成分是双氯芬酸，孕晚期不宜使用"); a care
+    phrase ("就医", "see a doctor") by a care-negation cue before it in its clause ("不需要就医")."""
+    left, _ = _bounds(text, m.start(), m.end())
     before_text = text[max(left, m.start() - lex.window) : m.start()]
     cues = lex.care_neg if care else lex.before
     if cues is not None and cues.search(before_text):
         return True
     if not care and lex.after is not None:
+        _, right = _bounds(text, m.start(), m.end(), SENTENCE_END)
         after_text = text[m.end() : min(right, m.end() + lex.window)]
         if lex.after.search(after_text):
             return True
@@ -545,6 +547,17 @@ def load_report_metrics(path: str | os.PathLike[str]) -> tuple[str, dict[str, Sa
         raise MedtuneError(f"{path}: not a safety report ({exc})") from None
 
 
+def _count_prompts(path: str | os.PathLike[str], limit: int | None) -> int | None:
+    """Records in an evaluation set (capped by ``limit``), for the progress bar; None when it cannot be read."""
+    from medtune_core.dataio import DatasetReader
+
+    try:
+        n = sum(1 for _ in DatasetReader(Path(path)))
+    except (OSError, MedtuneError):
+        return None  # run_batch_inference reports the problem with its file and line
+    return min(n, limit) if limit is not None else n
+
+
 def run_safety_eval(
     generator: Any,
     out_dir: str | os.PathLike[str],
@@ -556,9 +569,13 @@ def run_safety_eval(
     judge: SafetyJudge | None = None,
     batch_size: int = 8,
     limit: int | None = None,
+    progress: bool = True,
 ) -> dict[str, SafetyReport]:
     """Generate answers for each set (resumable, ``out_dir/generations_<set>.jsonl``) and score them; the report is
-    saved to ``out_dir/safety_report.json``."""
+    saved to ``out_dir/safety_report.json``. ``progress``: a progress bar per set on stderr while generating (answers
+    done / prompts in the set), since generating on a CPU takes minutes."""
+    from tqdm.auto import tqdm
+
     from medtune_core.inference.batch import run_batch_inference
     from medtune_core.inference.generate import SamplingParams
 
@@ -568,7 +585,16 @@ def run_safety_eval(
     reports: dict[str, SafetyReport] = {}
     for name, path in (sets or default_eval_sets()).items():
         gen_path = out / f"generations_{name}.jsonl"
-        run_batch_inference(generator, path, gen_path, params, batch_size=batch_size, limit=limit)
+        total = _count_prompts(path, limit)
+        with tqdm(total=total, desc=f"safety {label}/{name}", unit="answer", disable=not progress) as bar:
+
+            def advance(rep: Any, bar: Any = bar) -> None:
+                bar.update(rep.rows - bar.n)
+
+            done = run_batch_inference(
+                generator, path, gen_path, params, batch_size=batch_size, limit=limit, on_batch=advance
+            )
+            bar.update(done.rows - bar.n)  # rows resumed from an earlier run count as done
         reports[name] = evaluate_generations_file(gen_path, config, judge)
         m = reports[name].metrics
         log.info(
