@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import Counter
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -28,9 +28,10 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import Field, field_validator, model_validator
 
-from medtune_core.dataio import atomic_write_text
+from medtune_core.dataio import Manifest, atomic_write_text
 from medtune_core.errors import MedtuneError
-from medtune_core.llm.ledger import forget_ledger
+from medtune_core.llm.ledger import forget_ledger, shared_ledger
+from medtune_core.llm.pricing import PriceTable
 from medtune_core.params import HttpUrl, OutputDir, StrictParams
 from medtune_core.synthesis import (
     DEMO_NUM_SAMPLES,
@@ -40,11 +41,14 @@ from medtune_core.synthesis import (
     recommended_size,
     write_summary,
 )
+from medtune_core.synthesis.llm_mode import run_record
+from medtune_core.synthesis.run import AgentReport, batch_progress
+from medtune_core.synthesis.schedule import Batch, BatchSchedule
 from medtune_core.synthesis.templates import template_fingerprint
-from medtune_core.synthesis.run import AgentReport
+from medtune_core.synthesis.vocab import vocabulary_for
 from tasks.artifacts import Progress, publish_markdown, publish_table
-from tasks.base import FreshFuture, call_fresh, submit_fresh
-from tasks.synthesis import BudgetStop, LLMEndpoint, finalize_task, llm_batch_task, llm_pilot_task, seed_batch_task
+from tasks.base import FreshFuture, submit_fresh
+from tasks.synthesis import LLMEndpoint, finalize_task, llm_batch_task, llm_pilot_task, seed_batch_task
 
 #: Every registered agent (a sixth agent module appears here, in the UI's form and the CLI by itself) and "all".
 AgentChoice = Literal[("all", *agent_names())]  # type: ignore[valid-type]
@@ -67,8 +71,14 @@ class DataSynthesisParams(StrictParams):
         default="demo",
         description=f"Without num_samples: demo = {DEMO_NUM_SAMPLES} per agent, or seed 0's minimum / recommended.",
     )
-    mode: Literal["seed", "llm", "both"] = Field(
-        default="seed", description="seed: offline templates (free); llm: an OpenAI-compatible API; both."
+    mode: Literal["template", "seed", "llm", "both"] = Field(
+        default="template",
+        description="template: offline templates (free; 'seed' is its former name); llm: an OpenAI-compatible API; "
+        "both.",
+    )
+    vocabulary: list[Path] = Field(
+        default_factory=list,
+        description="Extra vocabulary files or folders (YAML/JSON, e.g. a hospital formulary) over the built-in ones.",
     )
     model: str = Field(default="deepseek-chat", description="Chat model for LLM mode.")
     base_url: HttpUrl | None = Field(default=None, description="OpenAI-compatible endpoint; default OPENAI_BASE_URL.")
@@ -109,6 +119,13 @@ class DataSynthesisParams(StrictParams):
     batch_size: int = Field(default=250, ge=1, le=10_000, description="Samples per cached batch task.")
     dedup_threshold: float = Field(default=0.9, gt=0, le=1, description="Near-duplicate Jaccard threshold.")
     preview: int = Field(default=2, ge=0, le=20, description="Samples per agent shown in the preview artifact.")
+    min_yield: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Fraction of the requested rows each agent must deliver (accepted after checks and dedup); "
+        "below it the run fails with its reject reasons and what it paid.",
+    )
 
     @field_validator("agents", mode="before")
     @classmethod
@@ -117,9 +134,32 @@ class DataSynthesisParams(StrictParams):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _template_mode(cls, value: Any) -> Any:
+        return "template" if value == "seed" else value  # seed 0's name of template mode
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _load_vocabulary(cls, value: list[Path]) -> list[Path]:
+        try:
+            vocabulary_for(value)  # every file readable and every cross-reference resolved, before any task runs
+        except MedtuneError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _check_prices(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            PriceTable().with_overrides(value)
+        except MedtuneError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _pilot_needs_llm(self) -> DataSynthesisParams:
-        if self.pilot is not None and self.mode == "seed":
+        if self.pilot is not None and self.mode == "template":
             raise ValueError("pilot prices LLM requests: set mode to llm or both")
         return self
 
@@ -132,7 +172,7 @@ class DataSynthesisParams(StrictParams):
         return DEMO_NUM_SAMPLES if self.sizes == "demo" else recommended_size(agent, self.sizes)
 
     def sources(self) -> list[str]:
-        return {"seed": ["seed"], "llm": ["llm"], "both": ["seed", "llm"]}[self.mode]
+        return {"template": ["seed"], "llm": ["llm"], "both": ["seed", "llm"]}[self.mode]
 
 
 def seed_for_date(day: dt.date) -> int:
@@ -143,8 +183,6 @@ def run_seed(params: DataSynthesisParams) -> int:
     """The seed given, or the date the run was scheduled for (Asia/Shanghai)."""
     if params.seed is not None:
         return params.seed
-    from prefect.runtime import flow_run
-
     when = flow_run.scheduled_start_time or dt.datetime.now(dt.UTC)
     return seed_for_date(when.astimezone(ZoneInfo(TIMEZONE)).date())
 
@@ -152,13 +190,10 @@ def run_seed(params: DataSynthesisParams) -> int:
 @flow(name="data-synthesis", log_prints=True)
 def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     """Generate, check, deduplicate and write SFT data per agent; returns output paths by ``agent.source``."""
-    logger = get_run_logger()
     seed = run_seed(params)
     # a dated run (seed from the schedule) writes into its own folder: tonight's data never overwrites last night's
     root = params.output_dir if params.seed is not None else params.output_dir / str(seed)
     out_dir = str(root)
-    names = params.agent_list()
-    dedup = DedupConfig(threshold=params.dedup_threshold)
     endpoint = LLMEndpoint(
         model=params.model,
         base_url=params.base_url,
@@ -169,106 +204,111 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
     )
     if params.pilot is not None:
         return run_pilot(params, seed, endpoint)
-    plan = [
-        (name, source, start, count)
-        for source in params.sources()
-        for name in names
-        for start, count in batch_ranges(params.size_of(name), params.batch_size)
-    ]
-    progress = Progress(f"data-synthesis: {len(plan)} batches", len(plan))
-    batches: dict[tuple[str, str], list[Any]] = {}
+    # every LLM batch of this run shares one ledger: side by side, they together spend at most the budget
+    scope = f"data-synthesis:{flow_run.get_id() or id(params)}"
+    schedule: BatchSchedule[Manifest] = BatchSchedule(
+        [
+            Batch(name, source, start, count)
+            for source in params.sources()
+            for name in params.agent_list()
+            for start, count in batch_ranges(params.size_of(name), params.batch_size)
+        ]
+    )
+    progress = Progress(f"data-synthesis: {len(schedule.batches)} batches", len(schedule.batches))
+    submit = {
+        "seed": lambda b: submit_fresh(
+            seed_batch_task,
+            b.agent,
+            seed,
+            b.start,
+            b.count,
+            out_dir,
+            template_fingerprint(b.agent, params.vocabulary),
+            [str(p) for p in params.vocabulary],
+        ),
+        "llm": lambda b: submit_fresh(
+            llm_batch_task, b.agent, seed, b.start, b.count, out_dir, endpoint, params.budget, scope
+        ),
+    }
     finals: dict[tuple[str, str], FreshFuture] = {}
-    left = Counter((name, source) for name, source, _, _ in plan)  # batches of each agent and source not yet in
+    dedup = DedupConfig(threshold=params.dedup_threshold)
 
-    def finalize(name: str, source: str) -> None:
+    def wait_any(handles: list[FreshFuture]) -> FreshFuture:
+        done = next(as_completed([h.future for h in handles]))
+        done.wait()  # its final state, as the engine reported it
+        progress.advance()
+        return next(h for h in handles if h.future is done)
+
+    def finalize(key: tuple[str, str], batches: list[Manifest]) -> None:
         """Merge, deduplicate and write one agent's file as soon as its batches are in: it runs on the task runner
-        while the other agents' requests are in flight, instead of all agents one after another at the end."""
-        ms = batches.get((name, source), [])
-        planned = params.size_of(name)
-        done = sum(m.rows + int(m.extra.get("rejected", 0)) for m in ms)
-        extra = {"seed": seed, "complete": done == planned, "missing": planned - done}
+        while the other agents' requests are in flight."""
+        name, source = key
+        extra = {"seed": seed, **batch_progress(params.size_of(name), batches)}
         if source == "llm":
             extra["model"] = params.model
-        finals[(name, source)] = submit_fresh(
-            finalize_task, name, ms, out_dir, source, params.output_format, dedup, extra
+        dated = params.seed is None  # a nightly run: drop near copies of earlier nights' samples too
+        finals[key] = submit_fresh(
+            finalize_task, name, batches, out_dir, source, params.output_format, dedup, extra, dated
         )
 
-    for name, _, start, count in (p for p in plan if p[1] == "seed"):
-        batches.setdefault((name, "seed"), []).append(
-            call_fresh(seed_batch_task, name, seed, start, count, out_dir, template_fingerprint(name))
-        )
-        progress.advance()
-        left[(name, "seed")] -= 1
-        if left[(name, "seed")] == 0:
-            finalize(name, "seed")
-
-    # every batch of this run shares one ledger: side by side, they together spend at most the budget
-    scope = f"data-synthesis:{flow_run.get_id() or id(params)}"
-    stopped: str | None = None
-
-    def settle(args: tuple[str, int, int], state: Any) -> None:
-        """One LLM batch's final state: keep its manifest, or note that the budget stopped the run; the agent's
-        file is written once its last batch is in."""
-        nonlocal stopped
-        name, start, count = args
-        left[(name, "llm")] -= 1
-        if state.is_failed():
-            exc = _exception(state)
-            if not isinstance(exc, BudgetStop):
-                raise exc
-            if stopped is None:
-                stopped = str(exc)
-                logger.warning("budget reached (%s): writing what is done; rerun with a higher budget", stopped)
-        else:
-            m = state.result()
-            if not m.is_current():  # the batch file went away since it was cached
-                m = llm_batch_task.with_options(refresh_cache=True)(
-                    name, seed, start, count, out_dir, endpoint, params.budget, scope
-                )
-            batches.setdefault((name, "llm"), []).append(m)
-            progress.advance()
-        if left[(name, "llm")] == 0 and (name, "llm") in batches:
-            finalize(name, "llm")
-
-    # at most parallel_batches at once; a new batch starts as soon as ANY running one ends (a short batch ending
-    # first must not leave the endpoint to one batch's draining tail while its successor starts up)
-    in_flight: dict[Any, tuple[str, int, int]] = {}
-    for args in [(name, start, count) for name, source, start, count in plan if source == "llm"]:
-        if stopped is not None:
-            break
-        name, start, count = args
-        in_flight[llm_batch_task.submit(name, seed, start, count, out_dir, endpoint, params.budget, scope)] = args
-        if len(in_flight) >= params.parallel_batches:
-            done = next(as_completed(list(in_flight)))
-            done.wait()  # its final state, as the engine reported it
-            settle(in_flight.pop(done), done.state)
-    for done in as_completed(list(in_flight)):
-        done.wait()
-        settle(in_flight.pop(done), done.state)
-    forget_ledger(scope)
+    try:
+        schedule.run(lambda b: submit[b.source](b), wait_any, finalize, params.parallel_batches)
+        run = run_record(shared_ledger(scope), [], schedule.stopped)
+    finally:
+        forget_ledger(scope)
+    if schedule.stopped is not None:
+        get_run_logger().warning("budget reached (%s): writing what is done", schedule.stopped)
 
     outputs: dict[str, str] = {}
     reports: list[AgentReport] = []
-    for name, source in [(n, src) for src in params.sources() for n in names if (n, src) in batches]:
-        if (name, source) not in finals:  # an agent a budget stop left unfinished: written now, with what it has
-            finalize(name, source)
+    for name, source in schedule.agent_sources():
         result = finals[(name, source)].result()
-        outputs[f"{name}.{source}"] = result["manifest"].path
+        if result["manifest"] is not None:
+            outputs[f"{name}.{source}"] = result["manifest"].path
         reports.append(AgentReport(**result["report"]))
+    run["remaining"] = {f"{r.agent}.{r.source}": int(r.extra.get("missing", 0)) for r in reports}
     summary = write_summary(
-        root,
-        reports,
-        {**params.model_dump(mode="json", exclude={"api_key_block"}), "seed": seed, "budget_stopped": stopped},
+        root, reports, {**params.model_dump(mode="json", exclude={"api_key_block"}), "seed": seed}, run
     )
     outputs["summary"] = str(summary)
     _publish(reports, params.preview)
-    if stopped is not None:
-        raise MedtuneError(f"{stopped}; finished batches are kept, rerun with a higher budget to complete")
+    if schedule.stopped is not None:
+        raise MedtuneError(
+            f"{schedule.stopped}; {_paid(run)}; still missing: {_remaining(run)}. Finished batches are kept: rerun "
+            "with a higher budget to complete (answers already paid for come from the cache)"
+        )
+    short = [r for r in reports if r.accepted < params.min_yield * r.requested]
+    if short:
+        raise MedtuneError(yield_failure(short, params.min_yield, run))
     return outputs
 
 
+def _paid(run: dict[str, Any]) -> str:
+    cost = ", ".join(f"{v:.6g} {c}" for c, v in run["cost"].items()) or "0"
+    return f"paid {run['paid_requests']} requests ({cost})"
+
+
+def _remaining(run: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in run["remaining"].items() if v) or "nothing"
+
+
+def yield_failure(short: list[AgentReport], min_yield: float, run: dict[str, Any]) -> str:
+    """The message of a run that delivered too little: per agent the rows it got, the rows needed, and a table of
+    why the rest was rejected; what the run paid."""
+    lines = [f"too few usable rows (min_yield {min_yield:g} of the requested rows per agent); {_paid(run)}:"]
+    lines.append("| agent | accepted | needed | rejected | reject reasons |")
+    lines.append("|---|---|---|---|---|")
+    for r in short:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r.reasons.items(), key=lambda kv: -kv[1])) or "-"
+        needed = math.ceil(min_yield * r.requested)
+        lines.append(f"| {r.agent}.{r.source} | {r.accepted} | {needed} | {r.rejected} | {reasons} |")
+    lines.append("Rejected answers are in each agent's .rejects.jsonl; no data file is written for an agent with none.")
+    return "\n".join(lines)
+
+
 def run_pilot(params: DataSynthesisParams, seed: int, endpoint: LLMEndpoint) -> dict[str, str]:
-    """Price ``pilot`` requests per agent and project each agent's full size; a table artifact and ``pilot.json``."""
+    """Price ``pilot`` requests per agent and project each agent's full size; a table artifact and ``pilot.json``.
+    A pilot in which an agent got no usable answer fails: the full run would pay for nothing."""
     assert params.pilot is not None
     rows = [
         llm_pilot_task(name, seed, min(params.pilot, params.size_of(name)), params.size_of(name), endpoint)
@@ -279,22 +319,14 @@ def run_pilot(params: DataSynthesisParams, seed: int, endpoint: LLMEndpoint) -> 
     publish_table("data-synthesis-pilot", rows, f"Pilot: cost of the first requests and projection ({total})")
     path = params.output_dir / "pilot.json"
     atomic_write_text(path, json.dumps({"seed": seed, "agents": rows, "projected_cost": total}, indent=2) + "\n")
+    useless = [r for r in rows if r["ok"] == 0]
+    if useless:
+        detail = "; ".join(f"{r['agent']}: 0/{r['k']} usable ({r['reject reasons'] or 'no answer'})" for r in useless)
+        raise MedtuneError(f"pilot got no usable answer: {detail}; a full run would pay for nothing (see {path})")
     unpriced = [r["agent"] for r in rows if not r["priced"]]
     note = f"; no price for {params.model}: add it with the prices parameter" if unpriced else ""
     get_run_logger().info("pilot: projected cost %.4f %s for the full run%s", total, "/".join(currencies), note)
     return {"pilot": str(path), "projected_cost": f"{total} {'/'.join(currencies)}"}
-
-
-def _exception(state: Any) -> BaseException:
-    try:
-        state.result()
-    except BaseException as exc:
-        return exc
-    return MedtuneError(state.message or "task failed")
-
-
-def _from_cache(state: Any) -> bool:
-    return state.name == "Cached"
 
 
 def _publish(reports: list[AgentReport], preview: int) -> None:
@@ -314,7 +346,7 @@ def _publish(reports: list[AgentReport], preview: int) -> None:
     publish_table("data-synthesis-summary", rows, "Rows, rejects, tokens and cost per agent")
     if preview:
         parts = ["# data-synthesis preview\n"]
-        for r in reports:
+        for r in (r for r in reports if r.accepted):
             parts.append(f"## {r.agent} ({r.source})\n")
             with open(r.path, encoding="utf-8") as fh:
                 for _, line in zip(range(preview), fh, strict=False):

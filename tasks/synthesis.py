@@ -2,13 +2,13 @@
 
 Thin wrappers over :mod:`medtune_core.synthesis`. A batch task writes its samples and rejects to a batch
 file under ``<output_dir>/.batches`` and returns a :class:`Manifest` of it, so a re-run serves finished
-batches from the cache (and :func:`tasks.base.call_fresh` regenerates one whose file has gone). Output
+batches from the cache (and :func:`tasks.base.fresh` regenerates one whose file has gone). Output
 folders are passed as strings: their changing contents must not enter the cache keys.
 
 LLM batches resolve the API key inside the task (never an input, result or artifact). A batch the budget
-stopped raises :class:`BudgetStop` (not retried, not cached): the flow stops issuing batches, writes what it
-has and fails with a message; a re-run with a higher budget gets the finished batches from the Prefect
-cache and every answer already paid for from the LLM response cache.
+stopped raises :class:`BudgetStop` (not retried, not cached) carrying the manifest of what it got: the flow stops
+issuing batches, writes what it has and fails with a message; a re-run with a higher budget gets the finished
+batches from the Prefect cache and every answer already paid for from the LLM response cache.
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ from pydantic import BaseModel, Field
 
 from medtune_core.dataio import Manifest
 from medtune_core.errors import MedtuneError
-from medtune_core.hashing import file_sha256
-from medtune_core.synthesis import DedupConfig, finalize_agent, load_batch, save_batch, seed_batch
+from medtune_core.synthesis import DedupConfig, save_batch, seed_batch
+from medtune_core.synthesis.run import batch_manifest, batch_path, finalize_batches
+from medtune_core.synthesis.schedule import BudgetStop
 from tasks.base import medtune_task
 from tasks.caching import ContentInputs
-from tasks.retries import retry_on_transient_network
 from tasks.secrets import resolve_endpoint_key
 
-
-class BudgetStop(MedtuneError):
-    """The budget cap stopped a batch before it finished (nothing over the cap was sent)."""
+__all__ = ["BudgetStop", "LLMEndpoint", "finalize_task", "llm_batch_task", "llm_pilot_task", "seed_batch_task"]
 
 
 class LLMEndpoint(BaseModel):
@@ -48,40 +46,21 @@ class LLMEndpoint(BaseModel):
     prices: dict[str, dict[str, Any]] | None = None
 
 
-def batch_path(output_dir: str, source: str, agent: str, start: int, count: int) -> Path:
-    return Path(output_dir) / ".batches" / f"{agent}_{source}_{start:07d}_{count}.jsonl"
-
-
-def _batch_manifest(path: Path, rows: int, extra: dict[str, Any]) -> Manifest:
-    return Manifest(
-        path=str(path),
-        format="synthesis-batch",
-        kind="batch",
-        rows=rows,
-        sha256=file_sha256(path),
-        bytes=path.stat().st_size,
-        extra=extra,
-    )
-
-
 @medtune_task(name="synthesis-seed-batch")
-def seed_batch_task(agent: str, seed: int, start: int, count: int, output_dir: str, template_version: str) -> Manifest:
-    """Template-mode samples ``start .. start+count-1`` of ``agent``, validated, saved as a batch file."""
-    result = seed_batch(agent, seed, start, count)
+def seed_batch_task(
+    agent: str,
+    seed: int,
+    start: int,
+    count: int,
+    output_dir: str,
+    template_version: str,
+    vocabulary: list[str] | None = None,
+) -> Manifest:
+    """Template-mode samples ``start .. start+count-1`` of ``agent``, validated, saved as a batch file
+    (``vocabulary``: extra vocabulary files; ``template_version`` hashes them, so edits regenerate the batch)."""
+    result = seed_batch(agent, seed, start, count, vocabulary or ())
     path = save_batch(batch_path(output_dir, "seed", agent, start, count), result)
-    return _batch_manifest(
-        path, len(result.accepted), {"agent": agent, "rejected": len(result.rejects), "template": template_version}
-    )
-
-
-def _budget_not_retried(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except BudgetStop:
-        return False
-    except BaseException:
-        pass
-    return retry_on_transient_network(task, task_run, state)
+    return batch_manifest(path, result, {"agent": agent, "template": template_version})
 
 
 def client_config(endpoint: LLMEndpoint, budget: float | None = None) -> Any:
@@ -95,7 +74,8 @@ def client_config(endpoint: LLMEndpoint, budget: float | None = None) -> Any:
     if key is None and not local:
         raise MedtuneError(
             f"no API key for LLM mode at {base_url or 'the default endpoint'}: set the provider's key "
-            "(OPENAI_API_KEY, DEEPSEEK_API_KEY, DASHSCOPE_API_KEY, ZHIPUAI_API_KEY) or name a Prefect Secret block"
+            "(OPENAI_API_KEY, DEEPSEEK_API_KEY, DASHSCOPE_API_KEY, ZHIPUAI_API_KEY) or name a Prefect Secret block "
+            "(parameter api_key_block)"
         )
     cache = endpoint.cache_path or str(get_settings().cache_dir / "llm_responses.sqlite")
     return LLMConfig(
@@ -112,7 +92,6 @@ def client_config(endpoint: LLMEndpoint, budget: float | None = None) -> Any:
 @medtune_task(
     name="synthesis-llm-batch",
     retry="network",
-    retry_condition_fn=_budget_not_retried,
     cache_policy=TASK_SOURCE + ContentInputs(exclude=["budget", "budget_scope"]),
 )
 def llm_batch_task(
@@ -125,41 +104,27 @@ def llm_batch_task(
     budget: float | None,
     budget_scope: str | None = None,
 ) -> Manifest:
-    """LLM-mode samples of one batch. ``budget`` caps what this batch may spend, or with ``budget_scope`` (e.g. the
-    flow run) what every batch of that scope in this process spends together; neither is part of the cache key."""
+    """LLM-mode samples of one batch (:func:`medtune_core.synthesis.llm_mode.llm_batch`). ``budget`` caps what this
+    batch may spend, or with ``budget_scope`` (e.g. the flow run) what every batch of that scope in this process
+    spends together; neither is part of the cache key."""
     from medtune_core.llm.ledger import shared_ledger
-    from medtune_core.synthesis.llm_mode import run_llm_batch_sync
+    from medtune_core.synthesis.llm_mode import llm_batch
 
-    config = client_config(endpoint, budget)
     ledger = shared_ledger(budget_scope) if budget_scope else None
-    outcome = run_llm_batch_sync(
-        config, agent, seed, start, count, params={"temperature": endpoint.temperature}, ledger=ledger
-    )
-    if outcome.budget_stopped:
-        raise BudgetStop(f"{agent} batch {start}: budget reached, {len(outcome.missing)} samples not sent")
-    if outcome.failed:
-        raise MedtuneError(f"{agent} batch {start}: {outcome.failed} requests failed after retries")
-    path = save_batch(batch_path(output_dir, "llm", agent, start, count), outcome.result)
+    params = {"temperature": endpoint.temperature}
+    m = llm_batch(client_config(endpoint, budget), agent, seed, start, count, output_dir, params=params, ledger=ledger)
     get_run_logger().info(
         "%s batch %d: %d accepted, %d rejected, %d+%d tokens, cost %.6f %s",
         agent,
         start,
-        len(outcome.result.accepted),
-        len(outcome.result.rejects),
-        outcome.input_tokens,
-        outcome.output_tokens,
-        outcome.cost,
-        outcome.currency,
+        m.rows,
+        m.extra["rejected"],
+        m.extra["input_tokens"],
+        m.extra["output_tokens"],
+        m.extra["cost"],
+        m.extra["currency"],
     )
-    extra = {
-        "agent": agent,
-        "rejected": len(outcome.result.rejects),
-        "input_tokens": outcome.input_tokens,
-        "output_tokens": outcome.output_tokens,
-        "cost": outcome.cost,
-        "currency": outcome.currency,
-    }
-    return _batch_manifest(path, len(outcome.result.accepted), extra)
+    return m
 
 
 @medtune_task(name="synthesis-finalize")
@@ -171,12 +136,12 @@ def finalize_task(
     output_format: str,
     dedup: DedupConfig,
     extra: dict[str, Any],
+    nights: bool = False,
 ) -> dict[str, Any]:
-    """Merge an agent's batches, drop duplicates across them and write ``{agent}_seed|sft_data.jsonl``."""
-    results = [load_batch(m.path) for m in batches]
-    totals = {k: sum(m.extra.get(k, 0) for m in batches) for k in ("input_tokens", "output_tokens", "cost")}
-    manifest, report = finalize_agent(
-        output_dir, agent, results, source=source, output_format=output_format, dedup=dedup, extra={**extra, **totals}
+    """Merge an agent's batches, drop duplicates across them and write ``{agent}_seed|sft_data.jsonl`` (none when
+    nothing was accepted: ``manifest`` is then None and only the rejects file is written)."""
+    manifest, report = finalize_batches(
+        output_dir, agent, batches, source=source, output_format=output_format, dedup=dedup, extra=extra, nights=nights
     )
     return {"manifest": manifest, "report": report.as_dict()}
 
@@ -193,6 +158,7 @@ def llm_pilot_task(agent: str, seed: int, k: int, total_n: int, endpoint: LLMEnd
         "k": report.k,
         "ok": report.ok,
         "rejected": report.rejected,
+        "reject reasons": ", ".join(f"{k}: {v}" for k, v in sorted(report.rejects_by_reason.items())),
         "failed": report.failed,
         "input_tokens": report.usage.prompt_tokens,
         "output_tokens": report.usage.completion_tokens,

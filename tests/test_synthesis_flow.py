@@ -52,7 +52,7 @@ def test_cli_style_parameters_and_registry(tmp_path: Path) -> None:
     flow_obj, model = load_flow("data-synthesis")
     assert flow_obj is data_synthesis and model is DataSynthesisParams
     p = model.model_validate({"output_dir": str(tmp_path)})
-    assert p.agent_list() == AGENTS and {p.size_of(a) for a in AGENTS} == {50} and p.mode == "seed"
+    assert p.agent_list() == AGENTS and {p.size_of(a) for a in AGENTS} == {50} and p.mode == "template"
     p = model.model_validate({"agents": "critic,drug", "sizes": "recommended", "mode": "both"})
     assert p.agent_list() == ["critic", "drug"] and p.size_of("drug") == 5000 and p.sources() == ["seed", "llm"]
     form = model.model_json_schema()
@@ -184,16 +184,22 @@ def test_parallel_batches_share_one_budget(prefect_harness, tmp_path: Path, monk
     from tests.test_synthesis_llm import template_responder
 
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
-    price = {"input": 1000.0, "output": 1000.0, "currency": "USD"}  # about 1-2 USD a request (~1,000+ tokens)
+    price = {"input": 1000.0, "output": 1000.0, "currency": "USD"}  # about 1 USD a request (~1,000 tokens)
     with FakeOpenAIServer(responder=template_responder, latency_s=0.2) as server:
         params = llm_params(
-            server, tmp_path, concurrency=4, parallel_batches=3, prices={"fake-model": price}, budget=20.0
+            server, tmp_path, concurrency=4, parallel_batches=3, prices={"fake-model": price}, budget=8.0
         )
         state = data_synthesis(params=params, return_state=True)
         assert state.is_failed() and "budget" in state.message
         summary = json.loads((tmp_path / "out" / "synthesis_manifest.json").read_text(encoding="utf-8"))
-        # the three batches in flight together spent what the one budget allowed, not three budgets' worth
-        assert summary["params"]["budget_stopped"] and 0 < summary["totals"]["cost"] <= 20.0
+        # the three batches in flight together spent what the one budget allowed, not three budgets' worth, and
+        # the manifest records every paid request (those of the batch the budget stopped too) and what is missing
+        run = summary["run"]
+        assert run["stopped"] and run["paid_requests"] == server.total
+        paid = sum(u["prompt_tokens"] + u["completion_tokens"] for u in server.reported_usage) * 1000 / 1e6
+        assert run["cost"]["USD"] == pytest.approx(paid) and 0.8 * 8.0 <= paid <= 8.0
+        assert run["remaining"]["drug.llm"] == 12 - summary["agents"][0]["accepted"] > 0
+        assert summary["agents"][0]["requested"] == 12
         assert 2 <= server.total < 12
 
 

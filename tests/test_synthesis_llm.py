@@ -120,7 +120,7 @@ def test_quality_failures_are_reasked_then_rejected(tmp_path: Path) -> None:
     with FakeOpenAIServer(responder=bad_critic) as server:
         run = run_llm_mode(tmp_path, config(server, tmp_path), ["critic"], 4, seed=2)
         r = run.reports[0]
-        assert r.accepted == 0 and r.reasons == {"quality": 4}
+        assert r.accepted == 0 and r.reasons == {"quality:band": 4}
         assert server.total == 8  # one corrective re-ask each
         rows = [json.loads(x) for x in (tmp_path / "critic_sft_data.jsonl.rejects.jsonl").read_text().splitlines()]
         assert all("band" in row["problem"] and row["raw"] for row in rows)

@@ -39,12 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import errno
 import functools
 import json
 import logging
 import math
 import random
 import re
+import socket
 import threading
 import time
 import typing
@@ -313,11 +315,50 @@ class _NotJSON(Exception):
 
 
 class _Retryable(Exception):
-    def __init__(self, detail: str, status: int | None, retry_after: float | None) -> None:
+    """A failed attempt worth another (``retry``): a retryable HTTP status or a failed connection (``cause``)."""
+
+    def __init__(
+        self, detail: str, status: int | None, retry_after: float | None, cause: str = "", retry: bool = True
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        self.cause = cause
+        self.retry = retry
+
+
+#: What a failure means and which setting changes it, by reason (``{base_url}``, ``{model}``, ``{status}``,
+#: ``{timeout}`` filled in): the message a user sees names the endpoint and the knob, not only the symptom.
+FAILURE_HINTS: dict[str, str] = {
+    "connection_refused": "nothing accepts connections at {base_url}: start the server or fix base_url",
+    "dns": "the host of base_url {base_url} is unknown (DNS lookup failed): fix base_url",
+    "timeout": "no answer from {base_url} within timeout_s={timeout}s: raise timeout_s or lower concurrency",
+    "connection": "the connection to {base_url} failed: check base_url and the network",
+    "retries_exhausted": "{base_url} kept answering HTTP {status}: retry later, lower concurrency or raise max_retries",
+    "auth": "{base_url} refused the API key (HTTP {status}): set the provider's key (OPENAI_API_KEY, DEEPSEEK_API_KEY, "
+    "DASHSCOPE_API_KEY, ZHIPUAI_API_KEY) or the api_key / api_key_block parameter",
+    "model_not_found": "{base_url} has no model {model!r} (HTTP 404): fix model (or base_url, which must end with the "
+    "API version, e.g. /v1)",
+}
+
+
+def connection_cause(exc: BaseException) -> str:
+    """Why a connection failed, from the exception chain (the SDK wraps its HTTP stack's errors, and its aiohttp
+    transport reports a refused connection as a connect *timeout*): ``connection_refused``, ``dns``, ``timeout`` or
+    ``connection``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    timeout = False
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or getattr(current, "errno", None) == errno.ECONNREFUSED:
+            return "connection_refused"
+        if isinstance(current, socket.gaierror) or "DNS" in type(current).__name__:
+            return "dns"
+        timeout = timeout or isinstance(current, (TimeoutError, openai.APITimeoutError))
+        current = current.__cause__ or current.__context__
+    return "timeout" if timeout else "connection"
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -886,6 +927,8 @@ class LLMClient:
             if entry is not None:
                 c = self.prices.cost(model, entry.usage)
                 self.ledger.record(kind, model, entry.usage, c, cached=True)
+                if self.config.budget is not None:  # what it would have cost calibrates the budget's estimates
+                    self.ledger.observe(kind, model, self._estimate(kind, payload).amount, c.amount)
                 return _Sent(entry.response, entry.usage, c, True, 0)
         state = self._loop_state()
         pending = state.inflight.get(key)
@@ -917,38 +960,54 @@ class LLMClient:
         finally:
             state.inflight.pop(key, None)
 
+    async def _reserve(self, kind: str, payload: Mapping[str, Any]) -> tuple[Cost, float] | Failed | BudgetExceeded:
+        """Reserve this request's calibrated cost estimate in the ledger (see :mod:`~medtune_core.llm.ledger`); returns
+        (reservation, conservative estimate). A request that does not fit while others are in flight waits for their
+        reservations to be settled (outside the request limit, so the requests it waits for can proceed); one that
+        does not fit with nothing in flight is :class:`BudgetExceeded`."""
+        cfg = self.config
+        model = payload["model"]
+        est = self._estimate(kind, payload)
+        if cfg.budget is not None and est.known and est.currency != self.budget_currency:
+            return Failed(
+                "budget_currency_mismatch",
+                f"{model} is priced in {est.currency}, the budget is in {self.budget_currency}: set budget_currency "
+                "or price the model in the budget's currency (prices)",
+            )
+        amount = self.ledger.calibrated(kind, model, est.amount)
+        wait = 0.002
+        while True:
+            booked = self.ledger.try_reserve(amount, est.currency, cfg.budget)
+            if booked:
+                return Cost(amount, est.currency, est.known), est.amount
+            if booked.reserved <= 1e-12:
+                self.ledger.count("budget_exceeded")
+                logger.info(
+                    "budget %s %s reached (spent %.6f, this request about %.6f): not sent",
+                    cfg.budget,
+                    est.currency,
+                    booked.spent,
+                    amount,
+                )
+                return BudgetExceeded(cfg.budget or 0.0, booked.spent, amount, est.currency, booked.reserved)
+            # others are in flight (in any thread sharing the ledger): their answers settle the question
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.05)
+            amount = self.ledger.calibrated(kind, model, est.amount)
+
     async def _send_uncached(
         self, kind: str, payload: dict[str, Any], cache_key: str | None, state: _LoopState
     ) -> _Sent | Failed | BudgetExceeded:
         cfg = self.config
         model = payload["model"]
+        booked = await self._reserve(kind, payload)
+        if not isinstance(booked, tuple):
+            return booked
+        reserved, conservative = booked
         attempts = 0
-        reserved: Cost | None = None
         try:
             while True:
                 async with state.semaphore:
-                    if reserved is None:
-                        est = self._estimate(kind, payload)
-                        if cfg.budget is not None and est.known and est.currency != self.budget_currency:
-                            return Failed(
-                                "budget_currency_mismatch",
-                                f"{model} is priced in {est.currency}, the budget is in {self.budget_currency}",
-                            )
-                        booked = self.ledger.try_reserve(est.amount, est.currency, cfg.budget)
-                        if not booked:
-                            self.ledger.count("budget_exceeded")
-                            logger.info(
-                                "budget %s %s reached (spent %.6f, in flight %.6f, this request up to %.6f): not sent",
-                                cfg.budget,
-                                est.currency,
-                                booked.spent,
-                                booked.reserved,
-                                est.amount,
-                            )
-                            return BudgetExceeded(
-                                cfg.budget or 0.0, booked.spent, est.amount, est.currency, booked.reserved
-                            )
-                        reserved = est
                     attempts += 1
                     try:
                         response = await self._call(kind, payload, state.client)
@@ -956,42 +1015,42 @@ class LLMClient:
                     except _Retryable as exc:
                         err = exc
                     except openai.APIStatusError as exc:
-                        detail = self._scrub(_error_text(exc))
-                        reason = "auth" if exc.status_code in (401, 403) else f"http_{exc.status_code}"
-                        self.ledger.count(f"failed:{reason}")
-                        logger.warning("%s request to %s failed with HTTP %s: %s", kind, model, exc.status_code, detail)
-                        return Failed(reason, detail, exc.status_code, attempts)
+                        failed = self._status_failure(exc, model, attempts)
+                        self.ledger.count(f"failed:{failed.reason}")
+                        logger.warning("%s request: %s", kind, failed.detail)
+                        return failed
                     except (openai.APIError, _NotJSON) as exc:  # e.g. a response that is not the protocol
                         detail = self._scrub(_error_text(exc))
                         if isinstance(exc, _NotJSON):
                             detail = f"the chat completion response is not a JSON object: {detail}"
                         self.ledger.count("failed:bad_response")
-                        return Failed("bad_response", detail, None, attempts)
+                        return Failed("bad_response", f"{cfg.base_url}: {detail}", None, attempts)
                 # retryable: back off outside the semaphore
-                if attempts > cfg.max_retries:
-                    self.ledger.count("failed:retries_exhausted")
-                    detail = self._scrub(err.detail)
-                    logger.warning("%s request to %s failed after %d attempts: %s", kind, model, attempts, detail)
-                    return Failed("retries_exhausted", detail, err.status, attempts)
+                if attempts > cfg.max_retries or not err.retry:
+                    failed = self._retry_failure(err, model, attempts)
+                    self.ledger.count(f"failed:{failed.reason}")
+                    logger.warning("%s request: %s", kind, failed.detail)
+                    return failed
                 delay = self._backoff(attempts, err.retry_after)
                 self.ledger.count("retries")
                 logger.info(
-                    "%s request to %s: %s; retry %d/%d in %.3fs",
+                    "%s request to %s at %s: %s; retry %d/%d in %.3fs",
                     kind,
                     model,
+                    cfg.base_url,
                     self._scrub(err.detail),
                     attempts,
                     cfg.max_retries,
                     delay,
                 )
                 await asyncio.sleep(delay)
+            usage = Usage.from_openai(response.get("usage"))
+            c = self.prices.cost(model, usage)
+            self.ledger.record(kind, model, usage, c)  # recorded before the reservation goes: never both missing
+            self.ledger.observe(kind, model, conservative, c.amount)
         finally:
-            if reserved is not None:
-                self.ledger.release(reserved.amount, reserved.currency)
+            self.ledger.release(reserved.amount, reserved.currency)
 
-        usage = Usage.from_openai(response.get("usage"))
-        c = self.prices.cost(model, usage)
-        self.ledger.record(kind, model, usage, c)
         # queued (``get`` sees it at once) and written with the other answers of this loop iteration
         if (
             cache_key is not None
@@ -1031,10 +1090,32 @@ class LLMClient:
                 detail = f"HTTP {exc.status_code}: {_error_text(exc)}"
                 raise _Retryable(detail, exc.status_code, parse_retry_after(headers)) from None
             raise
-        except (TimeoutError, openai.APITimeoutError):
-            raise _Retryable(f"timed out after {timeout}s", None, None) from None
-        except _TRANSPORT_ERRORS as exc:
-            raise _Retryable(f"connection error: {type(exc).__name__}: {exc}", None, None) from None
+        except _TRANSPORT_ERRORS as exc:  # timeouts included
+            cause = connection_cause(exc)
+            detail = f"{cause.replace('_', ' ')}: {type(exc).__name__}: {exc}"
+            raise _Retryable(detail, None, None, cause, retry=cause != "dns") from None
+
+    def _hint(self, reason: str, model: str, status: int | None) -> str:
+        hint = FAILURE_HINTS.get(reason)
+        if hint is None:
+            return ""
+        return hint.format(base_url=self.config.base_url, model=model, status=status, timeout=self.config.timeout_s)
+
+    def _status_failure(self, exc: openai.APIStatusError, model: str, attempts: int) -> Failed:
+        """A non-retryable HTTP error as a :class:`Failed` whose detail names the endpoint, the cause and the knob."""
+        status = exc.status_code
+        reason = {401: "auth", 403: "auth", 404: "model_not_found"}.get(status, f"http_{status}")
+        said = self._scrub(_error_text(exc))
+        hint = self._hint(reason, model, status)
+        detail = f"{hint} (server said: {said})" if hint else f"{self.config.base_url} answered HTTP {status}: {said}"
+        return Failed(reason, detail, status, attempts)
+
+    def _retry_failure(self, err: _Retryable, model: str, attempts: int) -> Failed:
+        """A failure that retries did not cure (or a DNS failure, not retried)."""
+        reason = err.cause or "retries_exhausted"
+        hint = self._hint(reason, model, err.status)
+        detail = f"{hint} ({attempts} attempts; last: {self._scrub(err.detail)})"
+        return Failed(reason, detail, err.status, attempts)
 
     async def _call_chat(self, payload: dict[str, Any], client: openai.AsyncOpenAI, timeout: float) -> dict[str, Any]:
         """A non-streaming chat completion through the SDK's public ``post`` (its documented way to call any endpoint)

@@ -1,13 +1,21 @@
 """Thread-safe accounting of LLM requests: tokens, cost per currency, cache hits, and the budget reservation.
 
-Why: a run must say what it cost, and a hard budget must hold even with many requests in flight. Before a request is
-sent the client reserves a conservative estimate of its cost (:meth:`CostLedger.try_reserve`); the reservation is
-released when the answer arrives and the real cost, from the usage the provider reported, is recorded. The check
-``spent + reserved + estimate <= budget`` therefore never lets concurrent requests overshoot together.
+Why: a run must say what it cost, and a budget must be spent up to its cap without concurrent requests overshooting
+it together. Before a request is sent the client reserves an estimate of its cost (:meth:`CostLedger.try_reserve`);
+the reservation is released when the answer arrives and the real cost, from the usage the provider reported, is
+recorded. The check is ``spent + reserved + estimate <= budget``.
+
+The estimate starts conservative (every prompt character counted, the whole ``max_tokens`` answer) and is then
+*calibrated* by what answers really cost (:meth:`CostLedger.observe`): the estimate is scaled by the largest ratio of
+real to conservative cost seen so far for that model, plus a margin (answers from the response cache count too, so a
+run after a pilot starts calibrated). A request that does not fit while others are in flight waits for their
+reservations to be settled instead of being dropped; only one that does not fit with nothing in flight ends the run.
+So a run stops with at most about one request's cost of its budget left.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +63,25 @@ class CostLedger:
     unpriced_requests: int = 0
     usage: Usage = field(default_factory=Usage)
     counters: dict[str, int] = field(default_factory=dict)
+    #: (kind, model) -> the largest ratio real / conservative cost seen: how much of an estimate to reserve
+    _ratio: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+
+    #: Reserved on top of the calibrated estimate (answers vary in length).
+    CALIBRATION_MARGIN = 1.15
+
+    def observe(self, kind: str, model: str, conservative: float, real: float) -> None:
+        """Learn from one answer what a conservative estimate of ``conservative`` really cost (``real``)."""
+        if conservative > 0 and real >= 0 and math.isfinite(real):
+            with self._lock:
+                key = (kind, model)
+                self._ratio[key] = max(self._ratio.get(key, 0.0), real / conservative)
+
+    def calibrated(self, kind: str, model: str, conservative: float) -> float:
+        """What to reserve for a request whose conservative estimate is ``conservative``: scaled by the ratio
+        observed for ``model`` (with a margin), or the conservative estimate while nothing was observed."""
+        with self._lock:
+            ratio = self._ratio.get((kind, model))
+        return conservative if ratio is None else conservative * ratio * self.CALIBRATION_MARGIN
 
     def try_reserve(self, amount: float, currency: str, budget: float | None) -> Reservation:
         """Reserve ``amount`` if ``spent + reserved + amount <= budget`` (always when ``budget`` is None).

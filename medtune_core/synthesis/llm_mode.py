@@ -17,21 +17,35 @@ last two are *missing*, not rejected, so a later run (a retry, a higher budget) 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtune_core.dataio import Manifest
+from medtune_core.errors import MedtuneError
 from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LLMClient, LLMConfig, Rejected
 from medtune_core.llm.client import PilotReport
 from medtune_core.llm.ledger import CostLedger
-from medtune_core.synthesis.base import Agent, Sample
-from medtune_core.synthesis.registry import get_agent, resolve_agents
+from medtune_core.synthesis import Agent, Sample, get_agent, resolve_agents
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
 from medtune_core.synthesis.requests import prompt_prefix, user_message
-from medtune_core.synthesis.run import AgentReport, batch_ranges, finalize_agent, sizes_for, write_summary
-from medtune_core.synthesis.templates import sample_input
+from medtune_core.synthesis.run import (
+    AgentReport,
+    batch_manifest,
+    batch_path,
+    batch_progress,
+    batch_ranges,
+    finalize_batches,
+    save_batch,
+    sizes_for,
+    write_summary,
+)
+from medtune_core.synthesis.schedule import Batch, BatchSchedule, BudgetStop, wait_any_future
+from medtune_core.synthesis.seed import sample_input
 
 QUALITY_PREFIX = "quality check failed"
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.7}
@@ -43,12 +57,18 @@ def quality_check(agent: Agent, inp: dict[str, Any]) -> Callable[[Any], str | No
     the same correction turn as before, and a cached re-ask still hits)."""
 
     def check(answer: Any) -> str | None:
-        failures = list(agent.checks(inp, answer))
+        failures = agent.quality_failures(inp, answer)  # the agent's checks, then the clinical rules
         if not failures:
             return None
         return f"<root>: Value error, {QUALITY_PREFIX}: " + "; ".join(str(f) for f in failures)
 
     return check
+
+
+def quality_reason(detail: str) -> str:
+    """``quality:<check>`` of the first check a re-asked answer still failed (``quality:clinical:pregnancy_age``)."""
+    m = re.search(rf"{QUALITY_PREFIX}: ([\w:]+): ", detail)
+    return f"quality:{m.group(1)}" if m else "quality"
 
 
 @dataclass
@@ -66,10 +86,16 @@ class BatchOutcome:
     currency: str = ""
     cache_hits: int = 0
     requests: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    first_failure: str = ""
 
     @property
     def complete(self) -> bool:
         return not self.missing
+
+
+class BatchFailed(MedtuneError):
+    """Requests of a batch got no answer after the client's retries; the message names the cause and what to change."""
 
 
 def build_chat_requests(
@@ -139,7 +165,7 @@ async def run_llm_batch(
                 outcome.result.accepted.append(sample)
         elif isinstance(res, Rejected):
             outcome.requests += 1
-            reason = "quality" if QUALITY_PREFIX in res.detail else f"llm:{res.reason}"
+            reason = quality_reason(res.detail) if QUALITY_PREFIX in res.detail else f"llm:{res.reason}"
             outcome.result.rejects.append(Reject(a.name, index, "llm", reason, res.detail[:2000], inp, None, res.text))
         elif isinstance(res, BudgetExceeded):
             outcome.missing.append(index)
@@ -148,6 +174,8 @@ async def run_llm_batch(
             assert isinstance(res, Failed)
             outcome.missing.append(index)
             outcome.failed += 1
+            outcome.failures[res.reason] += 1
+            outcome.first_failure = outcome.first_failure or res.detail
     return outcome
 
 
@@ -181,6 +209,46 @@ def pilot_agent(
     return asyncio.run(go())
 
 
+def llm_batch(
+    config: LLMConfig,
+    agent: str,
+    seed: int,
+    start: int,
+    count: int,
+    output_dir: str | Path,
+    *,
+    params: Mapping[str, Any] | None = None,
+    ledger: CostLedger | None = None,
+) -> Manifest:
+    """One LLM batch end to end: answered, validated, saved under ``output_dir/.batches``; returns its manifest
+    (``extra``: tokens, cost, rejects by reason, indices still ``missing``).
+
+    A batch the budget stopped is saved too (what was paid for is kept) and raises :class:`BudgetStop` carrying
+    that manifest; a batch with requests that got no answer raises :class:`BatchFailed` naming the cause (their
+    answers, where any came, wait in the response cache)."""
+    outcome = run_llm_batch_sync(config, agent, seed, start, count, params=params, ledger=ledger)
+    if outcome.failed:
+        causes = ", ".join(f"{n} {reason}" for reason, n in outcome.failures.most_common())
+        raise BatchFailed(
+            f"{agent} batch {start}: {outcome.failed} of {count} requests got no answer ({causes}): "
+            f"{outcome.first_failure}"
+        )
+    path = save_batch(batch_path(output_dir, "llm", agent, start, count), outcome.result)
+    extra = {
+        "agent": agent,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "cost": outcome.cost,
+        "currency": outcome.currency,
+        "requests": outcome.requests,
+        "missing": outcome.missing,
+    }
+    manifest = batch_manifest(path, outcome.result, extra)
+    if outcome.budget_stopped:
+        raise BudgetStop(f"{agent} batch {start}: budget reached, {len(outcome.missing)} samples not sent", manifest)
+    return manifest
+
+
 @dataclass
 class LLMRunReport:
     """What :func:`run_llm_mode` did: reports per agent, whether it stopped on the budget, what is missing."""
@@ -210,101 +278,67 @@ def run_llm_mode(
     params: Mapping[str, Any] | None = None,
     parallel_batches: int = 2,
 ) -> LLMRunReport:
-    """LLM mode end to end: ``{agent}_sft_data.jsonl`` per agent and ``synthesis_manifest.json``.
+    """LLM mode end to end: ``{agent}_sft_data.jsonl`` per agent and ``synthesis_manifest.json``, on the same
+    :class:`~medtune_core.synthesis.schedule.BatchSchedule` as the ``data-synthesis`` flow: up to
+    ``parallel_batches`` batches (threads) share the endpoint's ``concurrency`` and one budget, and an agent's file is
+    written as soon as its batches are in.
 
-    Up to ``parallel_batches`` batches are in flight at once, sharing the client's ``concurrency`` (a batch's
-    draining tail never leaves the endpoint idle), and an agent's file is written (in a worker thread) as soon as its
-    batches are in, while the other agents' requests go on: the same schedule as the ``data-synthesis`` flow.
-
-    With ``config.budget`` the run stops sending when the cap would be exceeded and writes what it has (the
-    manifest says ``complete: false`` and how many are missing). Run it again with a higher budget and the
-    same ``config.cache_path``: answers already paid for come from the cache, only the rest is sent.
+    With ``config.budget`` the run stops sending when the cap is reached and writes what it has (the manifest says
+    ``complete: false`` and how many are missing). Run it again with a higher budget and the same
+    ``config.cache_path``: answers already paid for come from the cache, only the rest is sent.
     """
-    if parallel_batches < 1:
-        raise ValueError(f"parallel_batches must be at least 1, got {parallel_batches}")
     names = resolve_agents(agents)
     sizes = sizes_for(names, num_samples)
     dedup = dedup or DedupConfig()
-    plan = [(name, start, count) for name in names for start, count in batch_ranges(sizes[name], batch_size)]
+    schedule: BatchSchedule[Manifest] = BatchSchedule(
+        [Batch(name, "llm", start, count) for name in names for start, count in batch_ranges(sizes[name], batch_size)]
+    )
+    ledger = CostLedger()
+    finals: dict[str, cf.Future[tuple[Manifest | None, AgentReport]]] = {}
+    with cf.ThreadPoolExecutor(max_workers=parallel_batches + 1, thread_name_prefix="llm-batch") as pool:
 
-    def finalize(name: str, batches: list[BatchOutcome]) -> AgentReport:
-        currency = next((b.currency for b in batches if b.currency), "")
-        missing = sum(len(b.missing) for b in batches)
-        extra = {
-            "seed": seed,
-            "model": config.model,
-            "complete": missing == 0,
-            "missing": missing,
-            "input_tokens": sum(b.input_tokens for b in batches),
-            "output_tokens": sum(b.output_tokens for b in batches),
-            "cost": round(sum(b.cost for b in batches), 8),
-            "currency": currency,
-        }
-        _, report = finalize_agent(
-            output_dir,
-            name,
-            [b.result for b in batches],
-            source="llm",
-            output_format=output_format,
-            dedup=dedup,
-            extra=extra,
-        )
-        return report
+        def submit(b: Batch) -> cf.Future[Manifest]:
+            return pool.submit(
+                llm_batch, config, b.agent, seed, b.start, b.count, output_dir, params=params, ledger=ledger
+            )
 
-    async def go() -> tuple[dict[str, list[BatchOutcome]], dict[str, AgentReport], bool, float]:
-        loop = asyncio.get_running_loop()
-        outcomes: dict[str, dict[int, BatchOutcome]] = {n: {} for n in names}
-        left = Counter(name for name, _, _ in plan)  # batches of each agent not yet in
-        written: dict[str, asyncio.Future[AgentReport]] = {}
-        stopped = False
+        def finalize(key: tuple[str, str], batches: list[Manifest]) -> None:
+            extra = {"seed": seed, "model": config.model, **batch_progress(sizes[key[0]], batches)}
+            finals[key[0]] = pool.submit(
+                finalize_batches,
+                output_dir,
+                key[0],
+                batches,
+                source="llm",
+                output_format=output_format,
+                dedup=dedup,
+                extra=extra,
+            )
 
-        def settle(name: str, start: int, outcome: BatchOutcome) -> None:
-            nonlocal stopped
-            outcomes[name][start] = outcome
-            stopped = stopped or outcome.budget_stopped > 0
-            left[name] -= 1
-            if left[name] == 0:
-                ordered = [outcomes[name][k] for k in sorted(outcomes[name])]
-                written[name] = loop.run_in_executor(None, finalize, name, ordered)
-
-        async def one(name: str, start: int, count: int) -> tuple[str, int, BatchOutcome]:
-            return name, start, await run_llm_batch(client, name, seed, start, count, params=params)
-
-        async def drain(pending: set[asyncio.Task[Any]], down_to: int) -> set[asyncio.Task[Any]]:
-            while len(pending) > down_to:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    settle(*task.result())
-            return pending
-
-        async with LLMClient(config) as client:
-            pending: set[asyncio.Task[Any]] = set()
-            for name, start, count in plan:
-                if stopped:
-                    settle(name, start, _skipped(start, count))
-                    continue
-                pending.add(asyncio.create_task(one(name, start, count)))
-                pending = await drain(pending, parallel_batches - 1)
-            await drain(pending, 0)
-            spent = client.ledger.spent(client.budget_currency)
-        for name in names:  # an agent with nothing planned still gets its (empty) file
-            if name not in written:
-                written[name] = loop.run_in_executor(None, finalize, name, [])
-        reports = {name: await fut for name, fut in written.items()}
-        ordered = {n: [outcomes[n][k] for k in sorted(outcomes[n])] for n in names}
-        return ordered, reports, stopped, spent
-
-    outcomes, by_agent, stopped, spent = asyncio.run(go())
-    reports = [by_agent[name] for name in names]
-    missing = {name: sum(len(b.missing) for b in outcomes[name]) for name in names}
-    currency = next((b.currency for name in names for b in outcomes[name] if b.currency), "")
+        schedule.run(submit, wait_any_future, finalize, parallel_batches)
+        reports = [finals[name].result()[1] for name in names]
+    currency = next((r.extra.get("currency", "") for r in reports if r.extra.get("currency")), "")
+    spent = ledger.spent(currency) if currency else ledger.spent()
+    missing = {r.agent: int(r.extra.get("missing", 0)) for r in reports}
     summary = write_summary(
         output_dir,
         reports,
         {"mode": "llm", "seed": seed, "model": config.model, "num_samples": sizes, "budget": config.budget},
+        run_record(ledger, reports, schedule.stopped),
     )
-    return LLMRunReport(reports, stopped, missing, spent, currency, summary)
+    return LLMRunReport(reports, schedule.stopped is not None, missing, spent, currency, summary)
 
 
-def _skipped(start: int, count: int) -> BatchOutcome:
-    return BatchOutcome(PostprocessResult(), missing=list(range(start, start + count)), budget_stopped=count)
+def run_record(ledger: CostLedger, reports: Sequence[AgentReport], stopped: str | None) -> dict[str, Any]:
+    """How a run ended, for its summary: every paid request (also those of a batch the budget stopped), the samples
+    still missing per agent and source (a rerun sends only those), and why it stopped."""
+    paid = ledger.summary()
+    return {
+        "paid_requests": paid["requests"],
+        "cache_hits": paid["cache_hits"],
+        "cost": paid["cost"],
+        "prompt_tokens": paid["prompt_tokens"],
+        "completion_tokens": paid["completion_tokens"],
+        "remaining": {f"{r.agent}.{r.source}": int(r.extra.get("missing", 0)) for r in reports},
+        "stopped": stopped,
+    }

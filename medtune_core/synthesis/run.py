@@ -15,15 +15,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtune_core.dataio import Manifest, atomic_write, atomic_write_text
+from medtune_core.dataio import Manifest, atomic_write, atomic_write_text, manifest_path, rejects_path_for
+from medtune_core.hashing import file_sha256
 from medtune_core.synthesis.base import TEMPLATE_VERSION, Sample
+from medtune_core.synthesis.diversity import summary_novelty
+from medtune_core.synthesis.nights import drop_previous_nights
+from medtune_core.synthesis.output import output_path, write_agent_file, write_rejects
+from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject, deduplicate
 from medtune_core.synthesis.registry import resolve_agents
-from medtune_core.synthesis.output import output_path, write_agent_file
-from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject, deduplicate, validate_samples
-from medtune_core.synthesis.templates import generate_template_samples
 from medtune_core.synthesis.sizes import recommended_size
+from medtune_core.synthesis.templates import template_batch
 
 SUMMARY_NAME = "synthesis_manifest.json"
+#: Facts of an agent's ``extra`` that its report carries (tokens and cost become fields of their own).
+REPORT_EXTRA = ("input_tokens", "output_tokens", "cost", "currency", "complete", "missing")
 DEFAULT_BATCH_SIZE = 250
 
 
@@ -44,9 +49,11 @@ def sizes_for(agents: Sequence[str], num_samples: int | Mapping[str, int] | None
 # ------------------------------------------------------------------------------------------- batches
 
 
-def seed_batch(agent: str, seed: int, start: int, count: int) -> PostprocessResult:
-    """Generate and validate samples ``start .. start+count-1`` in template mode."""
-    return validate_samples(agent, generate_template_samples(agent, count, seed, start=start))
+def seed_batch(
+    agent: str, seed: int, start: int, count: int, vocabulary: Sequence[str | os.PathLike[str]] = ()
+) -> PostprocessResult:
+    """Generate and validate samples ``start .. start+count-1`` in template mode (``vocabulary``: extra files)."""
+    return template_batch(agent, seed, start, count, vocabulary)
 
 
 def save_batch(path: str | os.PathLike[str], result: PostprocessResult) -> Path:
@@ -58,6 +65,31 @@ def save_batch(path: str | os.PathLike[str], result: PostprocessResult) -> Path:
         for r in result.rejects:
             fh.write(json.dumps({"kind": "reject", **asdict(r)}, ensure_ascii=False, sort_keys=True) + "\n")
     return Path(path)
+
+
+def batch_path(output_dir: str | os.PathLike[str], source: str, agent: str, start: int, count: int) -> Path:
+    """Where a batch of ``agent`` from ``source`` is saved: ``<output_dir>/.batches/``."""
+    return Path(output_dir) / ".batches" / f"{agent}_{source}_{start:07d}_{count}.jsonl"
+
+
+def batch_manifest(path: Path, result: PostprocessResult, extra: dict[str, Any]) -> Manifest:
+    """The manifest of a saved batch: rows accepted, and in ``extra`` the rejects (count and reasons) and the
+    caller's facts (tokens, cost, indices still missing ...)."""
+    return Manifest(
+        path=str(path),
+        format="synthesis-batch",
+        kind="batch",
+        rows=len(result.accepted),
+        sha256=file_sha256(path),
+        bytes=path.stat().st_size,
+        extra={"rejected": len(result.rejects), "reasons": dict(sorted(result.reasons().items())), **extra},
+    )
+
+
+def batch_progress(planned: int, batches: Sequence[Manifest]) -> dict[str, Any]:
+    """What an agent's batches cover of the ``planned`` samples: answered (accepted or rejected) and missing."""
+    done = sum(m.rows + int(m.extra.get("rejected", 0)) for m in batches)
+    return {"planned": planned, "complete": done >= planned, "missing": max(0, planned - done)}
 
 
 def load_batch(path: str | os.PathLike[str]) -> PostprocessResult:
@@ -91,6 +123,8 @@ class AgentReport:
     output_tokens: int = 0
     cost: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: share of the written samples (first 1,000) with no earlier near copy (see :mod:`.diversity`)
+    novelty: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,27 +139,46 @@ def finalize_agent(
     output_format: str = "instruction",
     dedup: DedupConfig | None = None,
     extra: dict[str, Any] | None = None,
-) -> tuple[Manifest, AgentReport]:
-    """Merge batches in index order, drop duplicates across them and write the agent's file."""
+    nights: bool = False,
+) -> tuple[Manifest | None, AgentReport]:
+    """Merge batches in index order, drop duplicates across them and write the agent's file.
+
+    ``nights``: ``output_dir`` is one night of a dated run; near copies of earlier nights' samples are dropped too
+    (:mod:`.nights`, reason ``duplicate:previous_night``).
+
+    With nothing accepted no data file is written (an empty file would look like a result; one from an earlier run
+    is removed): only the rejects file, and the manifest is None. ``extra["planned"]`` is the size asked for (the
+    report's ``requested``); without it, the samples the batches answered."""
     samples = sorted((s for b in batches for s in b.accepted), key=lambda s: s.index)
     rejects = sorted((r for b in batches for r in b.rejects), key=lambda r: r.index)
     deduped = deduplicate(samples, dedup)
+    if nights:
+        fresh = drop_previous_nights(output_dir, agent, source, deduped.accepted, dedup)
+        deduped = PostprocessResult(fresh.accepted, deduped.rejects + fresh.rejects)
     all_rejects = sorted(rejects + deduped.rejects, key=lambda r: r.index)
     info = {"template_version": TEMPLATE_VERSION, **(extra or {})}
     if dedup is not None:
         info["dedup"] = asdict(dedup)
-    manifest = write_agent_file(
-        output_dir, agent, deduped.accepted, all_rejects, source=source, output_format=output_format, extra=info
-    )
+    data_path = output_path(output_dir, agent, source)
+    manifest: Manifest | None = None
+    if deduped.accepted:
+        manifest = write_agent_file(
+            output_dir, agent, deduped.accepted, all_rejects, source=source, output_format=output_format, extra=info
+        )
+    else:
+        write_rejects(rejects_path_for(data_path), all_rejects)
+        for stale in (data_path, manifest_path(data_path)):
+            stale.unlink(missing_ok=True)
     report = AgentReport(
         agent=agent,
         source=source,
-        requested=len(samples) + len(rejects),
+        requested=int((extra or {}).get("planned", len(samples) + len(rejects))),
         accepted=len(deduped.accepted),
         rejected=len(all_rejects),
         reasons=dict(sorted(PostprocessResult(rejects=all_rejects).reasons().items())),
-        path=str(output_path(output_dir, agent, source)),
-        extra={k: v for k, v in (extra or {}).items() if k in ("input_tokens", "output_tokens", "cost")},
+        path=str(data_path if manifest is not None else rejects_path_for(data_path)),
+        extra={k: v for k, v in (extra or {}).items() if k in REPORT_EXTRA},
+        novelty=summary_novelty([s.output for s in deduped.accepted]),
     )
     report.input_tokens = int(report.extra.pop("input_tokens", 0))
     report.output_tokens = int(report.extra.pop("output_tokens", 0))
@@ -133,13 +186,48 @@ def finalize_agent(
     return manifest, report
 
 
+def finalize_batches(
+    output_dir: str | os.PathLike[str],
+    agent: str,
+    batches: Sequence[Manifest],
+    *,
+    source: str,
+    output_format: str = "instruction",
+    dedup: DedupConfig | None = None,
+    extra: dict[str, Any] | None = None,
+    nights: bool = False,
+) -> tuple[Manifest | None, AgentReport]:
+    """:func:`finalize_agent` over saved batch files (their manifests): tokens and cost summed from the batches."""
+    results = [load_batch(m.path) for m in batches]
+    totals: dict[str, Any] = {k: sum(m.extra.get(k, 0) for m in batches) for k in ("input_tokens", "output_tokens")}
+    totals["cost"] = round(sum(float(m.extra.get("cost", 0.0)) for m in batches), 8)
+    currency = next((m.extra["currency"] for m in batches if m.extra.get("currency")), None)
+    if currency:
+        totals["currency"] = currency
+    return finalize_agent(
+        output_dir,
+        agent,
+        results,
+        source=source,
+        output_format=output_format,
+        dedup=dedup,
+        extra={**(extra or {}), **totals},
+        nights=nights,
+    )
+
+
 def write_summary(
-    output_dir: str | os.PathLike[str], reports: Sequence[AgentReport], params: dict[str, Any] | None = None
+    output_dir: str | os.PathLike[str],
+    reports: Sequence[AgentReport],
+    params: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
-    """``synthesis_manifest.json``: the run's parameters and counts per agent and source."""
+    """``synthesis_manifest.json``: the run's parameters, counts per agent and source, and ``run``: how it ended
+    (e.g. every paid request, the work still missing, why it stopped)."""
     path = Path(output_dir) / SUMMARY_NAME
     body = {
         "params": params or {},
+        **({"run": run} if run else {}),
         "agents": [r.as_dict() for r in reports],
         "totals": {
             "accepted": sum(r.accepted for r in reports),
@@ -174,6 +262,6 @@ def run_seed_mode(
             output_dir, name, batches, output_format=output_format, dedup=dedup, extra={"seed": seed}
         )
         reports.append(report)
-    params = {"mode": "seed", "seed": seed, "output_format": output_format, "num_samples": sizes}
+    params = {"mode": "template", "seed": seed, "output_format": output_format, "num_samples": sizes}
     write_summary(output_dir, reports, params)
     return reports
