@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli_common import fail, setup_logging, user_errors
+from medtune_core.dataio.reader import Policy  # a typo in --policy is a usage error (exit 2), not a traceback
 
 app = typer.Typer(help="medtune: fine-tuning factory for medical language models.", no_args_is_help=True)
 models_app = typer.Typer(help="Embedded default models.", no_args_is_help=True)
@@ -32,13 +33,15 @@ log = logging.getLogger("medtune")
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Dataset files to check.")],
     fmt: Annotated[str | None, typer.Option("--format", help="Format name; default: detect.")] = None,
-    policy: Annotated[str, typer.Option(help="strict: stop at the first bad row; skip: count bad rows.")] = "strict",
+    policy: Annotated[
+        Policy, typer.Option(help="strict: stop at the first bad row; skip: count bad rows.")
+    ] = Policy.STRICT,
     rejects: Annotated[
         Path | None, typer.Option(help="With --policy skip: write bad rows here (one file per input: suffixed).")
     ] = None,
 ) -> None:
     """Check every row of each file; prints ``FILE: N rows, format F``."""
-    from medtune_core.dataio import DatasetReader, Policy
+    from medtune_core.dataio import DatasetReader
 
     pol = Policy(policy)
     for i, path in enumerate(files):
@@ -65,7 +68,7 @@ def convert(
     dst: Annotated[Path, typer.Argument(help="Output file (written atomically, with a manifest).")],
     to: Annotated[str, typer.Option("--to", help="Target format name (see `medtune formats`).")],
     src_format: Annotated[str | None, typer.Option("--from", help="Input format; default: detect.")] = None,
-    policy: Annotated[str, typer.Option(help="strict or skip (bad rows go to OUT.rejects.jsonl).")] = "strict",
+    policy: Annotated[Policy, typer.Option(help="strict or skip (bad rows go to OUT.rejects.jsonl).")] = Policy.STRICT,
 ) -> None:
     """Convert a dataset into another format through the canonical record."""
     from medtune_core.dataio import convert_file
@@ -265,7 +268,7 @@ def _mount_subapps() -> None:
 
 
 #: Modules whose ``COMMANDS`` (name → function) become top-level commands (infer, chat, api, ui, safety-eval).
-COMMAND_MODULES = ["flows.cli_serving"]
+COMMAND_MODULES = ["flows.cli_serving", "flows.cli_audit"]
 
 
 def _mount_commands() -> None:

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_prefect_defaults()
     setup_logging()
 
+    from flows.params import validate_params
     from flows.registry import FLOWS, load_flow
 
     summary: list[dict[str, Any]] = []
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in FLOWS or (args.only and name not in args.only):
             continue
         flow_obj, model = load_flow(name)
-        params = model.model_validate({**overrides, "output_dir": str(args.output_dir / name)})
+        params = validate_params(model, {**overrides, "output_dir": str(args.output_dir / name)})
         started = time.perf_counter()
         state = flow_obj(params=params, return_state=True)
         seconds = time.perf_counter() - started

@@ -229,9 +229,14 @@ def build_params(model: type[BaseModel], config: Path | None, overrides: list[st
     data = dict(recipe.data)
     for path, value, text in parse_overrides(overrides):
         set_path(data, path, value, model, text)
-    data = _over_defaults(model, data)
+    return validate_params(model, data, recipe)
+
+
+def validate_params(model: type[BaseModel], data: dict[str, Any], recipe: Recipe | None = None) -> Any:
+    """``data`` (partial option mappings over the flow's defaults) validated; a :class:`MedtuneError` listing every
+    problem otherwise."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(_over_defaults(model, data))
     except ValidationError as exc:
         raise MedtuneError(describe_validation_error(exc, recipe)) from None
 
