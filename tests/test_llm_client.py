@@ -667,14 +667,26 @@ def test_a_response_that_is_not_json_is_a_failed_result():
         httpd.server_close()
 
 
-def test_response_cache_is_separate_per_provider_host() -> None:
+def test_response_cache_is_separate_per_endpoint() -> None:
+    """Scheme, host, port and path name the cache namespace: another port of the same host is another server."""
     from medtune_core.llm.client import cache_namespace_of
 
     ds = LLMConfig(model="m", base_url="https://api.deepseek.com/v1")
-    oa = LLMConfig(model="m", base_url="https://api.openai.com/v1")
-    assert cache_namespace_of(ds) == "api.deepseek.com" and cache_namespace_of(oa) == "api.openai.com"
-    assert cache_namespace_of(LLMConfig(model="m", base_url="http://127.0.0.1:1234/v1")) == "127.0.0.1"
+    oa = LLMConfig(model="m", base_url="https://api.openai.com/v1/")
+    assert cache_namespace_of(ds) == "https://api.deepseek.com:443/v1"
+    assert cache_namespace_of(oa) == "https://api.openai.com:443/v1"
+    a, b = (LLMConfig(model="m", base_url=f"http://127.0.0.1:{p}/v1") for p in (1234, 1235))
+    assert cache_namespace_of(a) != cache_namespace_of(b)
+    assert cache_namespace_of(LLMConfig(model="m", base_url="http://127.0.0.1:1234/v2")) != cache_namespace_of(a)
     assert cache_namespace_of(LLMConfig(model="m", base_url=oa.base_url, cache_namespace="team-a")) == "team-a"
+
+
+def test_a_dead_endpoint_is_not_answered_from_another_ports_cache(server, tmp_path):
+    assert run(make_client(server, tmp_path).chat(user("cached"))).ok
+    dead = make_client(server, tmp_path, base_url="http://127.0.0.1:9/v1", max_retries=0)
+    result = run(dead.chat(user("cached")))
+    assert isinstance(result, Failed) and result.reason == "connection_refused"
+    assert "http://127.0.0.1:9/v1" in result.detail and "base_url" in result.detail
 
 
 def test_the_client_uses_only_public_sdk_names() -> None:

@@ -272,13 +272,19 @@ class _Sent:
 
 
 def cache_namespace_of(config: LLMConfig) -> str:
-    """The response-cache namespace: the configured one, else the endpoint's host name (``api.deepseek.com`` and
-    ``api.openai.com`` answers never mix; every local server, whatever its port, is one ``127.0.0.1``)."""
+    """The response-cache namespace: the configured one, else the full endpoint (scheme, host, port and path): answers
+    of ``api.deepseek.com`` and ``api.openai.com`` never mix, nor those of two local servers on different ports (a
+    dead endpoint must not be answered from the cache of another). The model is part of every request key."""
     if config.cache_namespace is not None:
         return config.cache_namespace
+    if not config.base_url:
+        return ""
     from urllib.parse import urlsplit
 
-    return (urlsplit(config.base_url).hostname or "") if config.base_url else ""
+    url = urlsplit(config.base_url.strip())
+    scheme = (url.scheme or "https").lower()
+    port = url.port or {"http": 80, "https": 443}.get(scheme, 0)
+    return f"{scheme}://{(url.hostname or '').lower()}:{port}{url.path.rstrip('/')}"
 
 
 _LIMITS: dict[tuple[str | None, str, int], Any] = {}
