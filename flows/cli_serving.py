@@ -1,4 +1,4 @@
-"""Top-level ``medtune`` commands for inference and serving (seed 2 §tools, seed 3 evaluation)::
+"""Top-level ``medtune`` commands for inference and serving::
 
     medtune infer prompts.jsonl generations.jsonl --model embedded:smollm2-135m-instruct --adapter out/sft/adapter
     medtune chat --model out/merged
@@ -253,7 +253,7 @@ def safety_eval(
     temperature: TempOpt = 0.0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Seed 3 safety metrics (reasoning, emergency-signal coverage, dangerous-prescription rate) + a markdown table."""
+    """Safety metrics (reasoning, emergency-signal coverage, dangerous-prescription rate) + a markdown table."""
     from medtune_core.evaluation.safety import (
         SafetyJudge,
         comparison_table,

@@ -1,4 +1,4 @@
-"""Safety evaluation tasks (seed 3): generate answers on the gold and red-team sets, score them, publish a table.
+"""Safety evaluation tasks: generate answers on the gold and red-team sets, score them, publish a table.
 
 ``safety_eval`` is what the ``rlhf-training`` flow calls after each stage::
 
@@ -99,7 +99,7 @@ def safety_eval(
     table_path = out / "safety_table.md"
     with atomic_write(table_path) as fh:
         fh.write(table)
-    publish_markdown(f"safety-{label}", table, description=f"seed 3 safety metrics after {label}")
+    publish_markdown(f"safety-{label}", table, description=f"safety metrics after {label}")
     for name, rep in reports.items():
         m = rep.metrics
         logger.info(
@@ -122,5 +122,5 @@ def safety_eval(
 def safety_compare(reports: list[str], key: str = "safety-comparison", title: str = "Safety comparison") -> str:
     """Publish one markdown table of several finished reports (e.g. SFT vs DPO vs RL); returns the markdown."""
     table = _compare_table(reports, title)
-    publish_markdown(key, table, description="seed 3 safety metrics per stage")
+    publish_markdown(key, table, description="safety metrics per stage")
     return table

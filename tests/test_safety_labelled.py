@@ -102,3 +102,5 @@ def test_reasoning_needs_a_closed_block_that_is_not_an_echo() -> None:
     }
     report = evaluate_safety([{**item, "output": text} for text in cases])
     assert [v.has_reasoning for v in report.items] == list(cases.values())
+    assert [v.reasoning_status for v in report.items] == ["ok", "echo", "unclosed", "empty", "unclosed", "none"]
+    assert report.metrics.reasoning_missing == {"echo": 1, "unclosed": 2, "empty": 1, "none": 1}

@@ -1,9 +1,9 @@
-"""``<think>...</think>`` reasoning blocks (seed 3): split a finished text or a stream of chunks into reasoning
+"""``<think>...</think>`` reasoning blocks: split a finished text or a stream of chunks into reasoning
 and answer.
 
 Three shapes occur in practice and all are handled:
 
-- ``<think>reasoning</think>answer`` (the seed 3 format);
+- ``<think>reasoning</think>answer`` (the format the training data teaches);
 - ``reasoning</think>answer`` without the opening tag (templates such as Qwen3's put ``<think>`` in the prompt);
 - ``<think>reasoning...`` never closed (generation stopped by ``max_new_tokens``): everything is reasoning.
 """
@@ -68,20 +68,32 @@ def copied_from(text: str, source: str, threshold: float = 0.8, n: int = 3) -> b
     return sum(g in src for g in grams) / len(grams) >= threshold
 
 
+def reasoning_status(text: str, prompt: str = "", *, copy_threshold: float = 0.8) -> str:
+    """Why ``text`` does or does not count as reasoning: ``ok``; ``none`` (no block); ``unclosed`` (cut by
+    ``max_new_tokens`` or never closed); ``empty``; ``echo`` (copied from ``prompt``)."""
+    split = split_think(text)
+    if split.reasoning is None:
+        return "none"
+    if not split.closed:
+        return "unclosed"
+    if not split.reasoning.strip():
+        return "empty"
+    if prompt and copied_from(split.reasoning, prompt, copy_threshold):
+        return "echo"
+    return "ok"
+
+
 def valid_reasoning(text: str, prompt: str = "", *, copy_threshold: float = 0.8) -> str | None:
     """The reasoning of ``text`` when it counts as reasoning, else None: a *closed* block (``<think>…</think>``, or
     ``…</think>`` when the template opened it), with non-blank content that is not copied from ``prompt``.
 
-    An unclosed block (cut by ``max_new_tokens``), an empty block and an echo of the prompt do not count. The safety
-    evaluation's reasoning coverage and the rule reward's think bonus both use this, so the metric measures what the
-    reward pays for.
+    An unclosed block (cut by ``max_new_tokens``), an empty block and an echo of the prompt do not count
+    (:func:`reasoning_status` says which). The safety evaluation's reasoning coverage and the rule reward's
+    reasoning bonus both use this, so the metric measures what the reward pays for.
     """
-    split = split_think(text)
-    if split.reasoning is None or not split.closed or not split.reasoning.strip():
+    if reasoning_status(text, prompt, copy_threshold=copy_threshold) != "ok":
         return None
-    if prompt and copied_from(split.reasoning, prompt, copy_threshold):
-        return None
-    return split.reasoning
+    return split_think(text).reasoning
 
 
 def strip_think(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Seed 3's rule reward: reasoning +0.2, a key word such as 建议 / 诊断 / recommend +0.1, answer too short -0.5.
+"""The rule reward: reasoning +0.2, a key word such as 建议 / 诊断 / recommend +0.1, answer too short -0.5.
 
 Every number and word is configurable through :class:`RuleConfig`. The bonuses are given once each (two key
 words earn +0.1, not +0.2). What counts is the same as in the safety evaluation
@@ -142,5 +142,5 @@ _DEFAULT = RuleReward()
 
 
 def rules_reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-    """Seed 3's rules with their default numbers."""
+    """The rule reward with its default numbers."""
     return _DEFAULT(prompts, completions, **kwargs)

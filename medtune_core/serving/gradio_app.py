@@ -1,4 +1,4 @@
-"""Gradio demo (seed 2's ``gradio_demo.py``, port 7860): chat with a trained model, the reasoning block shown in its
+"""Gradio demo (port 7860): chat with a trained model, the reasoning block shown in its
 own panel, and the medical disclaimer always on screen.
 
 Gradio is imported only when a demo is built (``pip install 'medtune[serve]'``). The event ``respond`` is also the
