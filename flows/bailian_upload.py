@@ -1,9 +1,11 @@
-"""Flow ``bailian-upload`` (seed 4): MedQA → Bailian SFT files → split → token/cost estimate → upload → fine-tune.
+"""Flow ``bailian-upload``: MedQA → Bailian SFT files → split → token/cost estimate → upload → fine-tune.
 
 DAG: convert (a MedQA tree or single files) → split each file under the size limit → count tokens per part →
-estimate the cost → [dry run stops here] → cost ceiling → upload one task per part → create the job → wait for
-it (logs streamed into the run) → optionally deploy the model. Every step is cached and the remote ones are
-idempotent, so re-running after a crash never uploads a file twice or creates a second job.
+estimate the cost (rows under Bailian's minimum: warned) → [dry run stops here] → minimum rows, cost ceiling →
+upload one task per part → create the job → wait for it (logs streamed into the run) → optionally deploy the model.
+The local steps are cached by content; upload and job creation ask the server every run and find what it already
+holds by the identities it keeps, so no re-run, on this machine or another, after any crash, uploads a file twice
+or creates a second job.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``medtune bailian ...``: seed 4's steps one at a time, without Prefect (the flow ``bailian-upload`` chains them).
+"""``medtune bailian ...``: the Bailian steps one at a time, without Prefect (the flow ``bailian-upload`` chains them).
 
     medtune bailian convert MedQA/ out/            # a MedQA tree (or one file) → Bailian files + manifests
     medtune bailian split out/mainland_4opt_train.jsonl --max-mb 300

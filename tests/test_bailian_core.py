@@ -1,4 +1,4 @@
-"""Bailian core (seed 4): converter text, checks, tree conversion, split, tokens and cost, and the client driving
+"""Bailian core: converter text, checks, tree conversion, split, tokens and cost, and the client driving
 the real ``dashscope`` SDK against a local fake server."""
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def test_token_counts_batch_equals_naive(tmp_path):
 
 
 def test_cost_arithmetic():
-    # seed 4's example: 10,000 rows × 200 tokens × 3 epochs = 6M tokens ≈ 12 yuan at 0.002 yuan / 1k tokens
+    # the classic example: 10,000 rows × 200 tokens × 3 epochs = 6M tokens ≈ 12 yuan at 0.002 yuan / 1k tokens
     est = estimate_cost("my-model", 3, 10_000 * 200, prices={"my-model": 0.002})
     assert est.billed_tokens == 6_000_000
     assert est.cost == pytest.approx(12.0)

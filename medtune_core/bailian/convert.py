@@ -1,4 +1,4 @@
-"""MedQA multiple-choice files → Bailian SFT files ``{"messages": [system, user, assistant]}`` (seed 4).
+"""MedQA multiple-choice files → Bailian SFT files ``{"messages": [system, user, assistant]}``.
 
 Parsing and checking is the ``medqa`` record format's job (options as an object or a list of ``{key, value}``,
 ``answer_idx`` must be one of the options, ``answer`` must equal that option's text, no empty field); this module
@@ -124,7 +124,7 @@ class MedQASource:
         return f"{self.name}_{split}.jsonl"
 
 
-#: The MedQA layouts seed 4 converts (a table: adding a subset is one line).
+#: The MedQA layouts converted (a table: adding a subset is one line).
 MEDQA_SOURCES: tuple[MedQASource, ...] = (
     MedQASource("mainland_4opt", "mainland", "Mainland/4_options/phrases_no_exclude_{split}.jsonl", "zh"),
     MedQASource("mainland_5opt", "mainland", "Mainland/{split}.jsonl", "zh"),

@@ -25,7 +25,7 @@ DEFAULT_TOKENIZER = "qwen-7b-chat"
 LONG_TEXT = 100_000
 
 #: Training price in CNY per 1,000 tokens, by base model. Indicative defaults: Bailian's published floor for
-#: token-billed training is 0.006 CNY/1k tokens (the seed quotes 0.002); larger models cost more. Check the
+#: token-billed training is 0.006 CNY/1k tokens (older material quotes 0.002); larger models cost more. Check the
 #: console's estimate for your account and region, and pass ``prices=`` or call :func:`register_price`.
 TRAINING_PRICES: dict[str, float] = {
     "qwen2.5-7b-instruct": 0.006,
