@@ -171,7 +171,9 @@ def api(
     embeddings: Annotated[
         str | None, typer.Option(help="Also serve /v1/embeddings with this sentence-transformers model.")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Default max_tokens.")] = 512,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Default max_tokens (default: 512, or the limit if lower).")
+    ] = None,
     max_tokens_limit: Annotated[
         int, typer.Option("--max-tokens-limit", help="Largest max_tokens a request may ask for (more: 400).")
     ] = 4096,
@@ -193,6 +195,8 @@ def api(
             emb = Embedder(embeddings)
     if gen is None and emb is None:
         fail("nothing to serve: pass --model and/or --embeddings", 2)
+    if max_new_tokens is None:
+        max_new_tokens = min(512, max_tokens_limit)
     if max_new_tokens > max_tokens_limit:
         fail(f"--max-new-tokens {max_new_tokens} is above --max-tokens-limit {max_tokens_limit}", 2)
     cfg = ServerConfig(

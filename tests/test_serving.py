@@ -560,3 +560,41 @@ def test_cli_safety_eval_shows_progress_while_generating(tiny: Path, tmp_path: P
     assert "safety tiny/gold" in res.stderr and "safety tiny/redteam" in res.stderr
     assert "3/3" in res.stderr  # the bar counts answers against the prompts in the set (capped by --limit)
     assert "| tiny | redteam | 3 |" in res.stdout
+
+
+def test_cli_api_served_model_names_and_token_limit(tiny: Path, tmp_path: Path) -> None:
+    """``medtune api`` as a user starts it: two names for the model, a lower token limit, the old option spelling."""
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "flows.cli", "api", "--model", str(tiny), "--port", str(port)]
+    args += ["--served-model-name", "medtune-med", "--served-name", "sft", "--max-tokens-limit", "64"]
+    log = (tmp_path / "api.log").open("wb")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(args, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.close()
+                pytest.fail("the server did not come up: " + Path(log.name).read_text(errors="replace")[-2000:])
+            time.sleep(0.3)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["medtune-med", "sft"]
+        assert ask(c, "头痛", seed=1, model="sft", max_tokens=64).model == "medtune-med"
+        with pytest.raises(openai.BadRequestError, match="allows \\(64\\)"):
+            ask(c, "头痛", seed=1, model="sft", max_tokens=65)
+        with pytest.raises(openai.NotFoundError):
+            ask(c, "头痛", seed=1, model=str(tiny))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
