@@ -11,12 +11,13 @@ default second stage). Every problem is reported at once, one line each, naming 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from medtune_core.errors import MedtuneError
+from medtune_core.params import unknown_key_message
 
 #: Longest offending text quoted in one error line.
 SHOWN = 80
@@ -194,11 +195,40 @@ class Recipe:
 # ----------------------------------------------------------------------------------------------- errors
 
 
-def _message(error: dict[str, Any]) -> tuple[tuple[str, ...], str]:
+def _model_at(model: Any, loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc`` inside ``model`` (through lists, dicts, Optional)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current, part)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any, part: str) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part)
+        return field.annotation if field is not None else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (list, tuple, set, frozenset) and args and part.lstrip("-").isdigit():
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    for arg in args:  # Optional[X], X | None, Annotated[X, ...]
+        found = _unwrap(arg, part)
+        if found is not None:
+            return found
+    return None
+
+
+def _message(error: dict[str, Any], model: type[BaseModel] | None = None) -> tuple[tuple[str, ...], str]:
     """One pydantic error → (the field's path, a message a user can act on)."""
     loc = tuple(str(p) for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
+        owner = _model_at(model, loc[:-1]) if model is not None else None
+        if owner is not None:
+            return loc, unknown_key_message(loc[-1], sorted(owner.model_fields), getattr(owner, "SYNONYMS", None))
         return loc, f"unknown parameter {loc[-1]!r}"
     if kind == "unknown_parameter":
         keys = error.get("ctx", {}).get("keys") or []
@@ -209,11 +239,13 @@ def _message(error: dict[str, Any]) -> tuple[tuple[str, ...], str]:
     return loc, message
 
 
-def describe_validation_error(exc: ValidationError, recipe: Recipe | None = None) -> str:
+def describe_validation_error(
+    exc: ValidationError, recipe: Recipe | None = None, model: type[BaseModel] | None = None
+) -> str:
     """Every problem of ``exc`` on its own line: ``recipe.yaml:3: budjet: unknown parameter ...``."""
     lines = []
     for error in exc.errors():
-        loc, message = _message(error)
+        loc, message = _message(error, model)
         field = ".".join(loc)
         where = ""
         if recipe is not None and recipe.path is not None:
@@ -238,7 +270,7 @@ def validate_params(model: type[BaseModel], data: dict[str, Any], recipe: Recipe
     try:
         return model.model_validate(_over_defaults(model, data))
     except ValidationError as exc:
-        raise MedtuneError(describe_validation_error(exc, recipe)) from None
+        raise MedtuneError(describe_validation_error(exc, recipe, model)) from None
 
 
 def _over_defaults(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:

@@ -166,3 +166,18 @@ def test_every_flow_parameter_model_is_strict() -> None:
             if o.get("type") == "object" and o.get("properties") and o.get("additionalProperties") is not False
         ]
         assert not loose, f"{name}: {json.dumps(loose)} accept unknown keys"
+
+
+@pytest.mark.parametrize(
+    ("flow_name", "override", "expected"),
+    [
+        ("rlhf-training", "safety.limt=3", "safety.limt: unknown parameter 'limt' (did you mean 'limit'?)"),
+        ("eval-driven-recall", "train_eval.max_step=3", "(did you mean 'max_steps'?)"),
+        ("bailian-upload", "hyper_parameters.n_epoch=2", "(did you mean 'n_epochs'?)"),
+        ("rlhf-training", "stages.0.stag=sft", "stages.0.stag: unknown parameter 'stag' (did you mean 'stage'?)"),
+    ],
+)
+def test_unknown_keys_inside_option_groups_get_a_suggestion(flow_name: str, override: str, expected: str) -> None:
+    with pytest.raises(MedtuneError) as caught:
+        build_params(load_flow(flow_name)[1], None, [override])
+    assert expected in str(caught.value)
