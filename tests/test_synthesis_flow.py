@@ -11,7 +11,9 @@ import pytest
 from flows.data_synthesis import DataSynthesisParams, data_synthesis, nightly_deployment, seed_for_date
 from flows.registry import load_flow
 from medtune_core.dataio import DatasetReader, Manifest
+from tests.fakes.openai_server import FakeOpenAIServer, ModelLike
 from tests.flow_states import task_states
+from tests.test_synthesis_llm import ALL_VALID, ANSWERS, GOOD_ANSWERS, good_model
 
 AGENTS = ["preprocess", "critic", "check_rag", "diagnosis", "drug"]
 
@@ -60,18 +62,10 @@ def test_cli_style_parameters_and_registry(tmp_path: Path) -> None:
 
 
 def test_llm_mode_against_fake_server_then_cached(prefect_harness, tmp_path: Path, monkeypatch) -> None:
-    import pytest
-
-    pytest.importorskip("medtune_core.llm.client", reason="the LLM client layer is not there yet")
-    fake = pytest.importorskip("tests.fakes.openai_server", reason="the fake OpenAI server is not there yet")
-    from tests.test_synthesis_llm import template_responder
-
-    FakeOpenAIServer = fake.FakeOpenAIServer
-
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
-    with FakeOpenAIServer(responder=template_responder) as server:
+    with FakeOpenAIServer(responder=good_model()) as server:
         params = DataSynthesisParams(
-            agents=["critic", "check_rag"],
+            agents=["critic", "drug"],
             mode="both",
             num_samples=6,
             model="fake-model",
@@ -82,14 +76,61 @@ def test_llm_mode_against_fake_server_then_cached(prefect_harness, tmp_path: Pat
         state = data_synthesis(params=params, return_state=True)
         assert state.is_completed(), state.message
         out = state.result()
-        assert set(out) == {"critic.seed", "check_rag.seed", "critic.llm", "check_rag.llm", "summary"}
-        for key in ("critic.llm", "check_rag.llm"):
+        assert set(out) == {"critic.seed", "drug.seed", "critic.llm", "drug.llm", "summary"}
+        for key in ("critic.llm", "drug.llm"):
             assert Path(out[key]).name.endswith("_sft_data.jsonl")
             assert len(list(DatasetReader(out[key], policy="strict"))) == 6
         sent = server.total
         assert sent == 12
         again = data_synthesis(params=params, return_state=True)
         assert again.is_completed() and server.total == sent  # nothing sent twice
+
+
+def test_an_all_rejected_run_fails_with_its_reasons_and_leaves_no_data_file(
+    prefect_harness, tmp_path: Path, monkeypatch
+) -> None:
+    """Every answer off-schema, every re-ask still missing a field: the run is Failed (not COMPLETED), its message is a
+    table of reject reasons with what was paid, and there is no (empty) data file that looks like a result."""
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    broken = ModelLike(ANSWERS, mix={"off_schema": 1.0}, reask_mix={"missing_field": 1.0})
+    with FakeOpenAIServer(responder=broken) as server:
+        params = llm_params(server, tmp_path, num_samples=4, prices={"fake-model": {"input": 1.0, "output": 2.0}})
+        state = data_synthesis(params=params, return_state=True)
+        assert state.is_failed()
+        assert "too few usable rows" in state.message and "llm:schema_violation: 4" in state.message
+        assert "paid 8 requests" in state.message and server.total == 8
+    out = tmp_path / "out"
+    assert not (out / "drug_sft_data.jsonl").exists()
+    assert len((out / "drug_sft_data.jsonl.rejects.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+    summary = json.loads((out / "synthesis_manifest.json").read_text(encoding="utf-8"))
+    assert summary["agents"][0]["accepted"] == 0 and summary["run"]["paid_requests"] == 8
+
+
+def test_a_low_yield_fails_and_min_yield_zero_accepts_it(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    half = ModelLike(
+        {"CriticOutput": GOOD_ANSWERS["CriticOutput"] + [ANSWERS["CriticOutput"][3]] * 3},
+        mix=ALL_VALID,
+        reask_mix={"off_schema": 1.0},
+    )
+    with FakeOpenAIServer(responder=half) as server:
+        params = llm_params(server, tmp_path, agents=["critic"], num_samples=8, min_yield=0.9)
+        state = data_synthesis(params=params, return_state=True)
+        assert state.is_failed() and "critic.llm" in state.message and "| needed" in state.message
+        report = json.loads((tmp_path / "out" / "synthesis_manifest.json").read_text(encoding="utf-8"))["agents"][0]
+        assert 0 < report["accepted"] < 8 * 0.9
+        sent = server.total
+        lenient = data_synthesis(params=llm_params(server, tmp_path, agents=["critic"], num_samples=8, min_yield=0.0))
+        assert Path(lenient["critic.llm"]).is_file() and server.total == sent  # all from the caches
+
+
+def test_a_pilot_without_a_usable_answer_fails(prefect_harness, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
+    broken = ModelLike(ANSWERS, mix={"truncated": 1.0}, reask_mix={"truncated": 1.0})
+    with FakeOpenAIServer(responder=broken) as server:
+        state = data_synthesis(params=llm_params(server, tmp_path, pilot=3), return_state=True)
+        assert state.is_failed() and "pilot got no usable answer" in state.message
+        assert "drug: 0/3 usable" in state.message and "truncated" in state.message
 
 
 def test_nightly_deployment_definition() -> None:
@@ -127,11 +168,8 @@ def llm_params(server, tmp_path: Path, **overrides) -> DataSynthesisParams:
 
 
 def test_llm_batches_overlap_within_one_request_limit(prefect_harness, tmp_path: Path, monkeypatch) -> None:
-    from tests.fakes.openai_server import FakeOpenAIServer
-    from tests.test_synthesis_llm import template_responder
-
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
-    with FakeOpenAIServer(responder=template_responder, latency_s=0.5) as server:
+    with FakeOpenAIServer(responder=good_model(), latency_s=0.5) as server:
         # 6 batches of 2, 3 running at once, one limit of 3 requests for all of them
         params = llm_params(server, tmp_path, concurrency=3, parallel_batches=3)
         state = data_synthesis(params=params, return_state=True)
@@ -151,15 +189,15 @@ def test_a_short_batch_frees_its_place_and_agents_are_written_as_they_finish(
     from medtune_core.synthesis import get_agent
     from medtune_core.synthesis.requests import user_message
     from medtune_core.synthesis.seed import sample_input
-    from tests.fakes.openai_server import FakeOpenAIServer
-    from tests.test_synthesis_llm import template_responder
 
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
     slow = user_message(sample_input(get_agent("drug"), 0, 1, source="llm"))  # drug sample 1, in batch 0-1
     slow_answered: list[float] = []
 
+    model = good_model()
+
     def responder(req):
-        answer = template_responder(req)
+        answer = model(req)
         if req.messages[-1]["content"] == slow:
             time.sleep(3.0)
             slow_answered.append(time.time())
@@ -180,12 +218,9 @@ def test_a_short_batch_frees_its_place_and_agents_are_written_as_they_finish(
 
 
 def test_parallel_batches_share_one_budget(prefect_harness, tmp_path: Path, monkeypatch) -> None:
-    from tests.fakes.openai_server import FakeOpenAIServer
-    from tests.test_synthesis_llm import template_responder
-
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
     price = {"input": 1000.0, "output": 1000.0, "currency": "USD"}  # about 1 USD a request (~1,000 tokens)
-    with FakeOpenAIServer(responder=template_responder, latency_s=0.2) as server:
+    with FakeOpenAIServer(responder=good_model(), latency_s=0.2) as server:
         params = llm_params(
             server, tmp_path, concurrency=4, parallel_batches=3, prices={"fake-model": price}, budget=8.0
         )
@@ -211,12 +246,9 @@ def test_agent_choice_offers_every_registered_agent() -> None:
 
 
 def test_pilot_prices_a_few_requests_and_the_run_reuses_them(prefect_harness, tmp_path: Path, monkeypatch) -> None:
-    from tests.fakes.openai_server import FakeOpenAIServer
-    from tests.test_synthesis_llm import template_responder
-
     monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home"))
     price = {"input": 1.0, "output": 2.0, "currency": "USD"}
-    with FakeOpenAIServer(responder=template_responder) as server:
+    with FakeOpenAIServer(responder=good_model()) as server:
         base = {
             "agents": ["drug", "critic"],
             "mode": "llm",

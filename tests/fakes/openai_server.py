@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -37,7 +38,16 @@ from typing import Any
 
 from tests.fakes.http_base import ThreadedFake
 
-__all__ = ["FakeOpenAIServer", "FakeRequest", "Fault", "Reply", "example_from_schema", "fake_embedding"]
+__all__ = [
+    "FakeOpenAIServer",
+    "FakeRequest",
+    "Fault",
+    "ModelLike",
+    "Reply",
+    "example_from_schema",
+    "fake_embedding",
+    "schema_title",
+]
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,108 @@ def _text(content: Any) -> str:
 
 
 def _tokens(text: str) -> int:
-    return len(text) // 4 + 1
+    """Roughly what a BPE tokenizer of a Chinese-capable model counts: ~4 ASCII characters or ~1.5 CJK characters a
+    token (so prompt sizes, and what a budget buys, are realistic for Chinese prompts)."""
+    ascii_n = len(text.encode("ascii", "ignore"))
+    return ascii_n // 4 + (len(text) - ascii_n) * 2 // 3 + 1
+
+
+#: How often a :class:`ModelLike` answer comes in each style (a first answer; a re-asked one is mostly fixed).
+DEFAULT_MIX: dict[str, float] = {
+    "valid": 0.5,
+    "fenced": 0.1,  # ```json ... ``` around a valid object: a client should still read it
+    "prose": 0.1,  # a sentence before and after the object
+    "missing_field": 0.1,  # one field left out
+    "off_schema": 0.1,  # the object wrapped in another key, types changed
+    "truncated": 0.1,  # cut off (finish_reason "length")
+}
+STYLES = tuple(DEFAULT_MIX)
+
+
+class ModelLike:
+    """A responder that answers like a chat model asked for a JSON object, not like the code under test.
+
+    ``answers`` maps the title of the requested JSON schema (``response_format.json_schema``, or the schema spelled out
+    in the system prompt in JSON mode) to objects a model might produce; each answer is one of them in a style drawn
+    from ``mix`` (valid, fenced, prose around it, a missing field, off-schema, truncated), chosen by a hash of the
+    request, so a run is reproducible and an identical request gets the identical answer. A re-ask (the conversation
+    ends with the fake's own answer and a correction) is answered from ``reask_mix`` (mostly valid, as models mostly
+    fix their answer). ``styles`` counts what was served."""
+
+    def __init__(
+        self,
+        answers: Mapping[str, list[dict[str, Any]]],
+        mix: Mapping[str, float] | None = None,
+        reask_mix: Mapping[str, float] | None = None,
+    ) -> None:
+        self.answers = {k: list(v) for k, v in answers.items()}
+        self.mix = dict(mix or DEFAULT_MIX)
+        self.reask_mix = dict(reask_mix or {"valid": 0.8, "missing_field": 0.1, "off_schema": 0.1})
+        unknown = (set(self.mix) | set(self.reask_mix)) - set(STYLES)
+        if unknown:
+            raise ValueError(f"unknown answer styles {sorted(unknown)}; known: {STYLES}")
+        self._produced: set[str] = set()
+        self._lock = threading.Lock()
+        self.styles: Counter[str] = Counter()
+
+    def __call__(self, req: FakeRequest) -> Reply:
+        title = schema_title(req)
+        book = self.answers.get(title or "")
+        if not book:
+            return Reply(f"I can help with that. (no answer for schema {title!r})")
+        messages = req.messages
+        with self._lock:
+            reask = len(messages) >= 2 and _text(messages[-2].get("content")) in self._produced
+        digest = hashlib.sha256(json.dumps(messages[-3:] if reask else messages[-1:], ensure_ascii=False).encode())
+        roll = int.from_bytes(digest.digest()[:8], "big")
+        answer = book[roll % len(book)]
+        style = _pick(self.reask_mix if reask else self.mix, (roll >> 16) % 10_000 / 10_000)
+        text, finish = render(answer, style, roll)
+        with self._lock:
+            self._produced.add(text)
+            self.styles[("reask:" if reask else "") + style] += 1
+        return Reply(text, finish_reason=finish)
+
+
+def _pick(mix: Mapping[str, float], u: float) -> str:
+    total = sum(mix.values()) or 1.0
+    acc = 0.0
+    for style, weight in mix.items():
+        acc += weight / total
+        if u < acc:
+            return style
+    return next(iter(mix))
+
+
+def schema_title(req: FakeRequest) -> str | None:
+    """The title of the JSON schema a request asks for: from ``response_format``, else the last ``"title"`` of the
+    schema in the system prompt (pydantic writes the top-level title after those of ``$defs``)."""
+    rf = req.response_format or {}
+    if rf.get("type") == "json_schema":
+        spec = rf.get("json_schema") or {}
+        return (spec.get("schema") or {}).get("title") or spec.get("name")
+    system = next((_text(m.get("content")) for m in req.messages if m.get("role") == "system"), "")
+    titles = re.findall(r'"title"\s*:\s*"([^"]+)"', system)
+    return titles[-1] if titles else None
+
+
+def render(answer: dict[str, Any], style: str, roll: int) -> tuple[str, str]:
+    """An answer object as a model's reply text in ``style``; returns (text, finish_reason)."""
+    body = json.dumps(answer, ensure_ascii=False)
+    if style == "fenced":
+        return f"```json\n{json.dumps(answer, ensure_ascii=False, indent=2)}\n```", "stop"
+    if style == "prose":
+        return f"好的，以下是按要求输出的结果：\n{body}\n如需进一步说明请告诉我。", "stop"
+    if style == "missing_field":
+        keys = list(answer)
+        dropped = keys[roll % len(keys)]
+        return json.dumps({k: v for k, v in answer.items() if k != dropped}, ensure_ascii=False), "stop"
+    if style == "off_schema":
+        changed = {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in answer.items()}
+        return json.dumps({"result": changed, "status": "ok"}, ensure_ascii=False), "stop"
+    if style == "truncated":
+        return body[: max(1, len(body) // 2)], "length"
+    return body, "stop"
 
 
 class FakeOpenAIServer(ThreadedFake):
@@ -178,6 +289,7 @@ class FakeOpenAIServer(ThreadedFake):
         latency_s: float = 0.0,
         embedding_dim: int = 8,
         models: Iterable[str] = ("fake-model", "fake-embedding"),
+        strict_models: bool = False,
         json_schema_supported: bool = True,
         faults: Iterable[str | Fault] = (),
         timeout_sleep_s: float = 3.0,
@@ -187,6 +299,7 @@ class FakeOpenAIServer(ThreadedFake):
         self.latency_s = latency_s
         self.embedding_dim = embedding_dim
         self.models = list(models)
+        self.strict_models = strict_models  # a chat request for a model not in ``models`` gets OpenAI's 404
         self.json_schema_supported = json_schema_supported
         self.timeout_sleep_s = timeout_sleep_s
         self._faults: deque[Fault] = deque(Fault.parse(f) for f in faults)
@@ -401,6 +514,10 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         if not body.get("model") or not isinstance(body.get("messages"), list) or not body["messages"]:
             self._error(400, "'model' and a non-empty 'messages' are required")
+            return
+        if fake.strict_models and body["model"] not in fake.models:
+            message = f"The model `{body['model']}` does not exist or you do not have access to it."
+            self._error(404, message, code="model_not_found")
             return
         rf = body.get("response_format") or {}
         if rf.get("type") == "json_schema" and not fake.json_schema_supported:
