@@ -699,3 +699,23 @@ def test_the_client_uses_only_public_sdk_names() -> None:
     source = inspect.getsource(module)
     assert not re.search(r"openai\._|from openai\._|inspect\.signature", source)
     assert {"model", "messages", "response_format", "temperature", "extra_body"} <= module.CHAT_PARAMS
+
+
+def test_errors_name_the_endpoint_the_cause_and_the_setting_to_change():
+    """401, an unknown model (404), a closed port and an unknown host: each Failed says what happened, where
+    (base_url) and which parameter to change."""
+    with FakeOpenAIServer(api_key="right-key", strict_models=True) as srv:
+        wrong_key = run(make_client(srv, api_key="wrong-key").chat(user("x")))
+        assert wrong_key.reason == "auth" and srv.base_url in wrong_key.detail
+        assert "OPENAI_API_KEY" in wrong_key.detail and "api_key" in wrong_key.detail
+        wrong_model = run(make_client(srv, api_key="right-key", model="no-such-model").chat(user("x")))
+        assert wrong_model.reason == "model_not_found" and wrong_model.status_code == 404
+        assert "'no-such-model'" in wrong_model.detail and "fix model" in wrong_model.detail
+        for backend in ("aiohttp", "httpx"):  # aiohttp reports a refused connection as a connect timeout
+            closed = run(
+                make_client(srv, base_url="http://127.0.0.1:9/v1", max_retries=1, http_backend=backend).chat(user("x"))
+            )
+            assert closed.reason == "connection_refused" and closed.attempts == 2
+            assert "http://127.0.0.1:9/v1" in closed.detail and "fix base_url" in closed.detail
+        unknown = run(make_client(srv, base_url="http://no-such-host.invalid/v1", max_retries=3).chat(user("x")))
+        assert unknown.reason == "dns" and unknown.attempts == 1 and "fix base_url" in unknown.detail  # not retried
