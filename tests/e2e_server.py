@@ -19,7 +19,6 @@ folders) for the multi-worker tests.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import shutil
 import signal
@@ -33,22 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 REPO = Path(__file__).resolve().parent.parent
-#: Training settings that finish in seconds on CPU (with the tiny model); at 96 tokens most sample chats are too
-#: long, and the few short ones are enough for two steps.
-QUICK = {
-    "max_steps": 2,
-    "batch_size": 2,
-    "max_length": 96,
-    "save_steps": 1000,
-    "report_to": [],
-    "max_dropped_share": 0.9,
-}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 #: The state the UI sends with the form's parameters from Run → Quick run (a form when a deployment has required
 #: parameters; Prefect 3.8, UI v2): body = {parameters, enforce_parameter_schema, state}.
@@ -79,24 +65,6 @@ def _tail(path: Path, chars: int = 4000) -> str:
         return ""
 
 
-def form_parameters(deployment: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The deployment's parameters with ``overrides`` set in its ``params`` model, valid for its form schema.
-
-    Every overridden field must be a field of the form (the schema's ``params`` definition), and the whole
-    body must validate against the schema with its ``$ref``s resolved, as the UI checks it before sending.
-    """
-    schema = deployment["parameter_openapi_schema"]
-    ref = schema["properties"]["params"]["$ref"]
-    model = Registry().with_resource("urn:form", DRAFT202012.create_resource(schema)).resolver("urn:form")
-    model = model.lookup(ref).contents
-    unknown = set(overrides) - set(model["properties"])
-    assert not unknown, f"{deployment['name']}: not fields of the form: {sorted(unknown)}"
-    parameters = copy.deepcopy(deployment["parameters"])
-    parameters.setdefault("params", {}).update(overrides)
-    jsonschema.validate(parameters, schema)
-    return parameters
-
-
 class PrefectStack:
     """Handles on the running server, its workers and the temporary folders."""
 
@@ -114,6 +82,7 @@ class PrefectStack:
         self.http = httpx.Client(base_url=self.api_url, timeout=30)
         self.env = self._env()
         self.deployed_at = 0.0
+        self.crash_after_s = CRASH_AFTER_S
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -241,13 +210,22 @@ class PrefectStack:
     # ------------------------------------------------------------------------------------------ REST API
 
     def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        """One API call, retried on 429/502/503 with backoff as Prefect's own client and the UI do.
+        """One API call, retried on 429/502/503 and on a read timeout, with backoff as Prefect's own client does.
 
-        A SQLite-backed server answers 503 while another writer holds the database (busy CI machines).
+        A SQLite-backed server answers 503 while another writer holds the database, or nothing for a while when the
+        machine is busy (2-core CI machines training a model next to it). Only reads are retried after a timeout:
+        a POST that timed out may have been applied.
         """
         delay = 0.5
-        for _attempt in range(RETRIES):
-            r = self.http.request(method, path, json=body)
+        for attempt in range(RETRIES):
+            try:
+                r = self.http.request(method, path, json=body)
+            except httpx.TimeoutException:
+                if attempt == RETRIES - 1 or not (method == "GET" or path.endswith("/filter")):
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                continue
             if r.status_code not in RETRYABLE:
                 break
             time.sleep(delay)
@@ -267,9 +245,13 @@ class PrefectStack:
         flows = {f["id"]: f["name"] for f in self.post("/flows/filter", {})}
         return {f"{flows[d['flow_id']]}/{d['name']}": d for d in self.post("/deployments/filter", {})}
 
-    def run_deployment(self, deployment: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
-        """Create a flow run exactly as the UI's Run dialog does."""
-        body = {"parameters": parameters, "enforce_parameter_schema": True, "state": UI_RUN_STATE}
+    def run_deployment(
+        self, deployment: dict[str, Any], parameters: dict[str, Any], job_variables: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Create a flow run exactly as the UI's Run dialog does (Custom run: with ``job_variables``)."""
+        body: dict[str, Any] = {"parameters": parameters, "enforce_parameter_schema": True, "state": UI_RUN_STATE}
+        if job_variables is not None:
+            body["job_variables"] = job_variables
         return self.post(f"/deployments/{deployment['id']}/create_flow_run", body)
 
     def copy_deployment(self, deployment: dict[str, Any], name: str, pool: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from medtune_core.models.tiny import tiny_model_path
-from tests.e2e_server import QUICK, form_parameters
+from tests.e2e_forms import QUICK, form_parameters
 
 if TYPE_CHECKING:
     from tests.e2e_server import PrefectStack

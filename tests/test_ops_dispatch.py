@@ -8,12 +8,13 @@ As docs/OPERATIONS.md says: ``device=auto`` trains in the flow run's own process
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from medtune_core.models.tiny import tiny_model_path
-from tests.e2e_server import QUICK, REPO, UI_RUN_STATE, form_parameters
+from tests.e2e_forms import QUICK, form_parameters
 
 if TYPE_CHECKING:
     from tests.e2e_server import PrefectStack
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.e2e_server"]
 pytestmark = pytest.mark.e2e
 
+REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 15
 RUN_TIMEOUT_S = 360
 
@@ -40,12 +42,8 @@ def test_no_cuda_worker_auto_trains_here_and_cuda_pool_fails_after_a_bounded_wai
     }
     auto = stack.run_deployment(rlhf, form_parameters(rlhf, {**common, "device": "auto", "output_dir": str(work)}))
     env = {**rlhf["job_variables"].get("env", {}), "MEDTUNE_CUDA_START_TIMEOUT_S": str(START_TIMEOUT_S)}
-    body = {
-        "parameters": form_parameters(rlhf, {**common, "device": "cuda-pool", "output_dir": str(work / "pool")}),
-        "job_variables": {"env": env},
-        "state": UI_RUN_STATE,
-    }
-    strict = stack.post(f"/deployments/{rlhf['id']}/create_flow_run", body)
+    pool_params = form_parameters(rlhf, {**common, "device": "cuda-pool", "output_dir": str(work / "pool")})
+    strict = stack.run_deployment(rlhf, pool_params, job_variables={"env": env})
     final = stack.wait_final([auto["id"], strict["id"]], timeout=RUN_TIMEOUT_S)
 
     # cuda-pool: failed after the bounded wait, saying which pool and how to start its worker

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from medtune_core.models.tiny import tiny_model_path
-from tests.e2e_server import CRASH_AFTER_S, QUICK, REPO, form_parameters
+from tests.e2e_forms import QUICK, form_parameters
 
 if TYPE_CHECKING:
     from tests.e2e_server import PrefectStack
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.e2e_server"]
 pytestmark = pytest.mark.e2e
 
+REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "medtune_core" / "samples"
 BLOCK = "medtune-ops-shared"
 RUN_TIMEOUT_S = 360
@@ -105,12 +106,12 @@ def test_a_killed_machine_crashes_its_run_and_retry_on_the_other_machine_reuses_
     crashed = wait_for(
         "run marked Crashed after its machine died",
         lambda: (run := stack.flow_run(run_id))["state_type"] in ("CRASHED", "COMPLETED", "FAILED") and run,
-        CRASH_AFTER_S + 60,
+        stack.crash_after_s + 60,
         explain,
     )
     assert crashed["state_type"] == "CRASHED", explain()
     assert "heartbeat" in crashed["state"]["message"]
-    assert time.monotonic() - killed < CRASH_AFTER_S + 60
+    assert time.monotonic() - killed < stack.crash_after_s + 60
 
     # Retry from the UI: only machine B has a CPU worker now
     stack.worker("ops-b-cpu", "ops-cpu", env_b, work_b)
