@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,8 +123,10 @@ def test_a_runs_chart_displays_on_its_page(prefect_stack: PrefectStack) -> None:
             page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
             try:
                 page.goto(f"{stack.url}/runs/flow-run/{run['id']}")
-                page.get_by_role("tab", name="Artifacts").click()
+                page.get_by_text("Artifacts", exact=True).first.click()  # the run page's tab
                 image = page.locator(f'img[alt="{HISTOGRAM_ALT}"]')
+                with contextlib.suppress(sync_api.TimeoutError):
+                    image.first.wait_for(timeout=10_000)
                 if not image.count():  # the tab lists artifacts as cards: open the histogram's
                     page.get_by_text("recall-score-histogram").first.click()
                 image.first.scroll_into_view_if_needed()
@@ -135,3 +138,45 @@ def test_a_runs_chart_displays_on_its_page(prefect_stack: PrefectStack) -> None:
                 page.screenshot(path=str(CHART_SHOT), full_page=True)
         finally:
             browser.close()  # type: ignore[attr-defined]
+
+
+def test_an_unchanged_custom_run_submits_what_a_quick_run_runs(prefect_stack: PrefectStack) -> None:
+    """Every deployment a person starts: Run → Custom run → Submit without touching the form. The request is
+    captured (and not sent): its parameters, validated by the flow's model, are the Quick Run's parameters."""
+    import importlib
+
+    stack = prefect_stack
+    deployments = {k: d for k, d in stack.deployments().items() if not k.startswith("train-stage/")}
+    submitted: dict[str, dict] = {}
+    with sync_api.sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())
+
+            def capture(route: object) -> None:
+                submitted[current] = route.request.post_data_json  # type: ignore[attr-defined]
+                route.abort()  # type: ignore[attr-defined]
+
+            page.route(re.compile(r"/create_flow_run$"), capture)
+            for current, deployment in sorted(deployments.items()):  # capture() reads current
+                page.goto(f"{stack.url}/deployments/deployment/{deployment['id']}")
+                page.get_by_role("button", name="Run", exact=True).click()
+                page.get_by_role("menuitem", name="Custom run").click()
+                page.get_by_role("button", name="Submit", exact=True).click()
+                deadline = time.monotonic() + 30
+                while current not in submitted and time.monotonic() < deadline:
+                    page.wait_for_timeout(200)
+                assert current in submitted, f"{current}: the form did not submit unchanged"
+        finally:
+            browser.close()  # type: ignore[attr-defined]
+
+    for name, deployment in deployments.items():
+        module, attr = deployment["entrypoint"].split(":")
+        flow_obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
+        model = flow_obj.fn.__annotations__["params"]
+        model = getattr(importlib.import_module(flow_obj.fn.__module__), model) if isinstance(model, str) else model
+        custom = model.model_validate(submitted[name]["parameters"]["params"]).model_dump(mode="json")
+        quick = model.model_validate(deployment["parameters"]["params"]).model_dump(mode="json")
+        assert custom == quick, f"{name}: an unchanged Custom Run differs from Quick Run"
