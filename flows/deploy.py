@@ -160,7 +160,17 @@ def serve_deployments() -> list[Any]:
 
 
 def serve_all() -> None:
-    """Serve every flow from this process (blocks); runs start from the UI or on the nightly schedule."""
+    """Serve every flow from this process (blocks); runs start from the UI or on the nightly schedule.
+
+    Needs a running server named by ``PREFECT_API_URL``: without one Prefect would start a throw-away ephemeral
+    server that no UI shows and that forgets the schedule when this process ends."""
     from prefect import serve
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise SystemExit(
+            "error: medtune serve needs a running Prefect server: start `prefect server start --host 127.0.0.1`, "
+            "then export PREFECT_API_URL=http://127.0.0.1:4200/api (docs/OPERATIONS.md)"
+        )
 
     serve(*serve_deployments())

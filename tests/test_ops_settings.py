@@ -77,3 +77,12 @@ def test_a_flow_module_loaded_after_prefect_applies_the_result_storage(tmp_path:
         "True",
         str(tmp_path / "results"),
     ]
+
+
+def test_serve_without_a_server_says_what_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), MEDTUNE_HOME=str(tmp_path / "home"))
+    cmd = [sys.executable, "-m", "flows.cli", "serve"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "medtune serve needs a running Prefect server" in out.stderr and "PREFECT_API_URL=" in out.stderr
