@@ -29,6 +29,7 @@ from medtune_core.synthesis import (
 )
 from medtune_core.synthesis.agents.critic import BANDS
 from medtune_core.synthesis.base import canonical_json
+from medtune_core.synthesis.postprocess import dedup_text, shingles
 from medtune_core.synthesis.run import batch_ranges, finalize_agent, load_batch, save_batch, seed_batch
 
 AGENTS = ["preprocess", "critic", "check_rag", "diagnosis", "drug"]
@@ -152,8 +153,19 @@ def test_near_duplicates_are_removed_and_counted(tmp_path: Path) -> None:
     }
     rows = [json.loads(x) for x in Path(manifest.rejects["path"]).read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 10 and all(r["reason"] == "duplicate:near" for r in rows)
-    # a looser threshold keeps the near copies
-    assert deduplicate(samples + planted, DedupConfig(near=False)).reasons() == {}
+    # a looser threshold keeps the near copies: copies at an exact Jaccard of about 0.85 (each output padded with
+    # text of its own) go at threshold 0.7 and stay at 0.97
+    padded = []
+    for i, s in enumerate(samples[20:30]):
+        base = dedup_text(s)
+        pad = "".join(chr(0x4E00 + (i * 997 + k * 31) % 20000) for k in range(len(base) // 6))
+        padded.append(Sample("diagnosis", 3000 + i, dict(s.input), dict(s.output, advice=[*s.output["advice"], pad])))
+    for s, p in zip(samples[20:30], padded, strict=True):
+        a, b = set(shingles(dedup_text(s))), set(shingles(dedup_text(p)))
+        assert 0.8 < len(a & b) / len(a | b) < 0.9
+    strict = deduplicate(samples + padded, DedupConfig(threshold=0.7)).reasons()
+    assert strict.get("duplicate:near", 0) >= 10
+    assert deduplicate(samples[20:30] + padded, DedupConfig(threshold=0.97)).reasons() == {}
 
 
 def test_minhash_shortcuts_give_datasketch_default_values() -> None:
@@ -253,7 +265,9 @@ def test_template_fingerprint_follows_each_agents_source() -> None:
     import inspect
     import sys
 
-    from medtune_core.synthesis.base import TEMPLATE_VERSION, get_agent, template_fingerprint
+    from medtune_core.synthesis.base import TEMPLATE_VERSION
+    from medtune_core.synthesis.registry import get_agent
+    from medtune_core.synthesis.templates import template_fingerprint
 
     prints = {name: template_fingerprint(name) for name in ("drug", "critic", "diagnosis")}
     assert len(set(prints.values())) == 3 and all(p.startswith(f"{TEMPLATE_VERSION}-") for p in prints.values())

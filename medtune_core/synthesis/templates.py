@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from medtune_core.synthesis import base, clinical
 from medtune_core.synthesis import vocab as V
 from medtune_core.synthesis.base import TEMPLATE_VERSION, Agent, Sample
+from medtune_core.synthesis.postprocess import PostprocessResult, validate_samples
 from medtune_core.synthesis.registry import get_agent
 from medtune_core.synthesis.vocab import models as vocab_models
 
@@ -48,6 +49,15 @@ def generate_template_samples(agent: Agent | str, n: int, seed: int, *, start: i
     """Samples ``start .. start+n-1`` of ``agent`` for random seed ``seed``."""
     a = get_agent(agent) if isinstance(agent, str) else agent
     return [generate_template_sample(a, seed, i) for i in range(start, start + n)]
+
+
+def template_batch(
+    agent: str, seed: int, start: int, count: int, vocabulary: Sequence[str | os.PathLike[str]] = ()
+) -> PostprocessResult:
+    """Samples ``start .. start+count-1`` generated and validated with the vocabulary of the built-in files plus
+    ``vocabulary`` (e.g. a hospital's formulary)."""
+    with V.use_vocabulary(vocabulary):
+        return validate_samples(agent, generate_template_samples(agent, count, seed, start=start))
 
 
 def template_fingerprint(name: str, vocabulary: Sequence[str | os.PathLike[str]] = ()) -> str:
