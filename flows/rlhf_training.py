@@ -25,7 +25,7 @@ import yaml
 from prefect import flow
 from pydantic import Field, model_validator
 
-from medtune_core.params import OutputDir, StrictParams
+from medtune_core.params import OutputDir, StrictParams, unknown_key_message
 from medtune_core.settings import shared_path
 from medtune_core.training import STAGES, AdapterType, stage_config
 from medtune_core.training.config import qlora_unavailable
@@ -39,6 +39,7 @@ from tasks.training import train_stage as train_stage_cached
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "medtune_core" / "recipes"
+RECIPE_KEYS = ["adapter", "base_model", "stages"]
 #: The stage names, from the stage registry (a new registered stage is a new choice).
 StageName = Literal[tuple(STAGES)]  # type: ignore[valid-type]
 
@@ -129,6 +130,8 @@ class RLHFTrainingParams(StrictParams):
                 known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
                 raise ValueError(f"recipe {self.recipe!r}: no such file or shipped recipe (shipped: {known})")
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if unknown := sorted(set(data) - set(RECIPE_KEYS)):  # a recipe file is as strict as the parameters
+                raise ValueError(f"{path}: " + "; ".join(unknown_key_message(k, RECIPE_KEYS) for k in unknown))
             self.base_model = data.get("base_model", self.base_model)
             self.adapter = AdapterType(data.get("adapter", self.adapter))
             self.stages = [StageSpec.model_validate(s) for s in data["stages"]]
