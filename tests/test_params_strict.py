@@ -181,3 +181,18 @@ def test_unknown_keys_inside_option_groups_get_a_suggestion(flow_name: str, over
     with pytest.raises(MedtuneError) as caught:
         build_params(load_flow(flow_name)[1], None, [override])
     assert expected in str(caught.value)
+
+
+def test_a_training_recipe_file_is_as_strict_as_the_parameters(tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "base_model: embedded:smollm2-135m-instruct\nadaptor: qlora\n"
+        "stages:\n  - stage: sft\n    train_files: [medtune_core/samples/sft_sharegpt_zh.jsonl]\n",
+        encoding="utf-8",
+    )
+    model = load_flow("rlhf-training")[1]
+    with pytest.raises(MedtuneError, match=rf"{recipe}: unknown parameter 'adaptor' \(did you mean 'adapter'\?\)"):
+        build_params(model, None, [f"recipe={recipe}"])
+    fixed = recipe.read_text(encoding="utf-8").replace("adaptor: qlora", "adapter: dora")
+    recipe.write_text(fixed, encoding="utf-8")
+    assert build_params(model, None, [f"recipe={recipe}"]).adapter.value == "dora"
