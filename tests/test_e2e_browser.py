@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e_server import form_parameters
+from tests.e2e_forms import form_parameters
 
 if TYPE_CHECKING:
     from tests.e2e_server import PrefectStack
