@@ -174,7 +174,7 @@ def estimate_training_cost(
 def upload_file(manifest: Manifest, endpoint: BailianEndpoint) -> dict[str, Any]:
     """Upload one file once: the server is asked every run (by the file's sha256), so a file deleted there is
     uploaded again and a file uploaded from another machine, or before a crash, is not."""
-    info = endpoint.client().upload(manifest.path, description=f"medtune {Path(manifest.path).name}")
+    info = endpoint.client().upload(manifest.path)
     verb = "already on Bailian as" if info.reused else "uploaded as"
     get_run_logger().info("%s %s %s", Path(manifest.path).name, verb, info.file_id)
     return {"file_id": info.file_id, "name": info.name, "sha256": info.sha256, "reused": info.reused}
