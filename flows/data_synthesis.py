@@ -337,6 +337,7 @@ def _publish(reports: list[AgentReport], preview: int) -> None:
             "rows": r.accepted,
             "rejected": r.rejected,
             "reject reasons": ", ".join(f"{k}: {v}" for k, v in r.reasons.items()) or "-",
+            "novelty": "-" if r.novelty is None else f"{r.novelty:.1%}",  # share with no earlier near copy
             "input tokens": r.input_tokens,
             "output tokens": r.output_tokens,
             "cost": round(r.cost, 6),

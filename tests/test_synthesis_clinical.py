@@ -4,8 +4,10 @@ LLM answers rejected by rule, ``medtune audit``, diversity, and nights that do n
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -329,3 +331,18 @@ def test_consecutive_dated_runs_hold_no_near_copy_of_an_earlier_night(tmp_path: 
     # re-running a night (a retry) compares only with earlier nights, not with itself
     again, _ = night(root, 20260315, 60)
     assert again.accepted == second_report.accepted
+
+
+def test_a_nightly_flow_run_drops_what_an_earlier_night_wrote_and_reports_it(prefect_harness, tmp_path: Path) -> None:
+    from flows.data_synthesis import TIMEZONE, DataSynthesisParams, data_synthesis, seed_for_date
+
+    root = tmp_path / "nightly"
+    tonight = seed_for_date(dt.datetime.now(ZoneInfo(TIMEZONE)).date())
+    # an earlier night that happened to write tonight's first four samples
+    finalize_agent(root / "19990101", "drug", [seed_batch("drug", tonight, 0, 4)], dedup=DedupConfig(), nights=True)
+    out = data_synthesis(DataSynthesisParams(agents=["drug"], num_samples=12, seed=None, output_dir=root))
+    summary = json.loads(Path(out["summary"]).read_text(encoding="utf-8"))
+    (drug,) = summary["agents"]
+    assert drug["reasons"] == {"duplicate:previous_night": 4} and drug["accepted"] == 8
+    assert drug["novelty"] == 1.0 and summary["params"]["mode"] == "template"
+    assert (index_dir(Path(out["summary"]).parent, "drug", "seed") / f"{tonight}.npz").is_file()
