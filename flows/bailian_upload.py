@@ -189,6 +189,7 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
     max_bytes = max_part_bytes(params.max_file_mb)
     parts = {m.path: call_fresh(split_for_upload, m, m.path, max_bytes, params.max_rows_per_file) for m in converted}
     split_of = {m.path: m.extra.get("split", "train") for m in converted}
+    language_of = {m.path: m.extra.get("language", "") for m in converted}
     tokens = {p.path: count_tokens(p, p.path, params.hyper_parameters.max_length) for ps in parts.values() for p in ps}
 
     rows = []
@@ -199,6 +200,7 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
                 {
                     "file": Path(p.path).name,
                     "split": split_of[src],
+                    "language": language_of[src],
                     "rows": p.rows,
                     "bytes": p.bytes,
                     "tokens": t["tokens"],
@@ -250,11 +252,12 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
         hyper_parameters=params.hyper_parameters,
     )
     job = create_fine_tune(spec, endpoint, params.recreate_failed)
+    where = {k: job[k] for k in ("endpoint", "endpoint_from", "reused")}  # which server, and found or created
     if params.wait:
         job = wait_fine_tune(
             job["job_id"], endpoint, params.poll_interval_s, params.poll_max_interval_s, params.wait_timeout_s
         )
-    facts = {k: job.get(k) for k in ("job_id", "status", "finetuned_output", "usage", "model")}
+    facts = {**{k: job.get(k) for k in ("job_id", "status", "finetuned_output", "usage", "model")}, **where}
     publish_table("bailian-job", [{k: "" if v is None else str(v) for k, v in facts.items()}], "Fine-tune job")
     outputs.update({k: str(v) for k, v in facts.items() if v is not None})
     if params.deploy and job.get("finetuned_output"):

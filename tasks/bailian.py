@@ -185,9 +185,10 @@ def create_fine_tune(spec: JobSpec, endpoint: BailianEndpoint, recreate_failed: 
     """Create the fine-tune job for ``spec`` once: the server's newest job for the same inputs comes back instead,
     unless it ended FAILED or CANCELED and ``recreate_failed`` asks for a new one. Not cached: a cached job could be
     one the server has since replaced."""
-    job = endpoint.client().create_job(spec, recreate_failed=recreate_failed)
+    client = endpoint.client()
+    job = client.create_job(spec, recreate_failed=recreate_failed)
     get_run_logger().info("fine-tune job %s: %s%s", job.job_id, job.status, " (existing)" if job.reused else "")
-    return job.as_dict()
+    return {**job.as_dict(), "endpoint": client.base_url, "endpoint_from": client.endpoint_source}
 
 
 @medtune_task(retry="network")

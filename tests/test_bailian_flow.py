@@ -124,7 +124,9 @@ def test_full_run_then_rerun_sends_nothing_twice(prefect_harness, tmp_path, monk
         elsewhere = params.model_copy(
             update={"output_dir": tmp_path / "machine2", "registry": tmp_path / "home2" / "registry.json"}
         )
-        assert bailian_upload(elsewhere)["job_id"] == out["job_id"]
+        second = bailian_upload(elsewhere)
+        assert second["job_id"] == out["job_id"] and second["reused"] == "True" and out["reused"] == "False"
+        assert second["endpoint"] == server.base_url and second["endpoint_from"] == "base_url"
         assert posts(server, "/api/v1/files") == 3 and posts(server, "/api/v1/fine-tunes") == 1
 
         # a file deleted in the console: uploaded again (400 "File not found" is gone, like 404), no second job
