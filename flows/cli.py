@@ -154,11 +154,12 @@ def run(
     with user_errors(code=2):
         flow_obj, model = load_flow(flow_name)
         params = build_params(model, config, overrides or [])
-    with ephemeral_server(), CancelOnSignal(lambda c: _report_cancelled(flow_name, c, timed_out=True)) as cancel:
+    with CancelOnSignal(lambda c: _report_cancelled(flow_name, c, timed_out=True)) as cancel:
         try:
-            state = flow_obj.with_options(on_running=[*flow_obj.on_running_hooks, cancel.remember_run])(
-                params=params, return_state=True
-            )
+            with ephemeral_server():
+                state = flow_obj.with_options(on_running=[*flow_obj.on_running_hooks, cancel.remember_run])(
+                    params=params, return_state=True
+                )
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt | TerminationSignal):
                 raise

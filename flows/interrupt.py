@@ -8,8 +8,9 @@ A watchdog makes sure the process leaves within ``grace_s`` even when a worker t
 second signal leaves at once.
 
 :func:`ephemeral_server` starts the ephemeral Prefect server (when no ``PREFECT_API_URL`` is set) with SIGINT
-blocked, so a Ctrl-C typed in the terminal, which reaches the whole process group, does not stop the server before
-the run's Cancelled state is written to it.
+blocked in the server process (not in the CLI, which stays interruptible while the server starts), so a Ctrl-C typed
+in the terminal, which reaches the whole process group, does not stop the server before the run's Cancelled state is
+written to it.
 """
 
 from __future__ import annotations
@@ -149,11 +150,21 @@ def ephemeral_server() -> Iterator[None]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance Prefect's clients use in ephemeral mode
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        server.start()  # the server process inherits the blocked SIGINT; its stop() uses SIGTERM
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    failed: list[BaseException] = []
+
+    def start() -> None:  # on a thread that blocks SIGINT: the server process inherits the mask
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start()  # its stop() uses SIGTERM
+        except BaseException as exc:
+            failed.append(exc)
+
+    starting = threading.Thread(target=start, name="medtune-ephemeral-server", daemon=True)
+    starting.start()
+    while starting.is_alive():  # the main thread keeps taking signals while the server starts
+        starting.join(0.2)
+    if failed:
+        raise failed[0]
     yield
 
 

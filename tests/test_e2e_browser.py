@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACT = REPO / "test-artifacts" / "prefect-ui-custom-run.png"
 CHART_SHOT = REPO / "test-artifacts" / "prefect-ui-run-chart.png"
 HISTOGRAM_ALT = "Recall score histogram"
+CUSTOM_SHOT = REPO / "test-artifacts" / "prefect-ui-unchanged-custom-run.png"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -161,14 +162,18 @@ def test_an_unchanged_custom_run_submits_what_a_quick_run_runs(prefect_stack: Pr
 
             page.route(re.compile(r"/create_flow_run$"), capture)
             for current, deployment in sorted(deployments.items()):  # capture() reads current
-                page.goto(f"{stack.url}/deployments/deployment/{deployment['id']}")
-                page.get_by_role("button", name="Run", exact=True).click()
-                page.get_by_role("menuitem", name="Custom run").click()
-                page.get_by_role("button", name="Submit", exact=True).click()
-                deadline = time.monotonic() + 30
-                while current not in submitted and time.monotonic() < deadline:
-                    page.wait_for_timeout(200)
-                assert current in submitted, f"{current}: the form did not submit unchanged"
+                try:
+                    page.goto(f"{stack.url}/deployments/deployment/{deployment['id']}")
+                    page.get_by_role("button", name="Run", exact=True).click()
+                    page.get_by_role("menuitem", name="Custom run").click()
+                    page.get_by_role("button", name="Submit", exact=True).click()
+                    deadline = time.monotonic() + 30
+                    while current not in submitted and time.monotonic() < deadline:
+                        page.wait_for_timeout(200)
+                    assert current in submitted, f"{current}: the form did not submit unchanged"
+                except BaseException:
+                    page.screenshot(path=str(CUSTOM_SHOT), full_page=True)
+                    raise
         finally:
             browser.close()  # type: ignore[attr-defined]
 
