@@ -120,13 +120,13 @@ def test_full_run_then_rerun_sends_nothing_twice(prefect_harness, tmp_path, monk
         assert again["job_id"] == out["job_id"]
         assert posts(server, "/api/v1/files") == 3 and posts(server, "/api/v1/fine-tunes") == 1
 
-        # a second machine: fresh outputs, fresh registry, fresh cache keys; the file list has no md5
-        elsewhere = params.model_copy(
-            update={"output_dir": tmp_path / "machine2", "registry": tmp_path / "home2" / "registry.json"}
-        )
+        # a second machine: fresh outputs, a fresh MEDTUNE_HOME (its default registry), the file list has no md5
+        monkeypatch.setenv("MEDTUNE_HOME", str(tmp_path / "home2"))
+        elsewhere = params.model_copy(update={"output_dir": tmp_path / "machine2", "registry": None})
         second = bailian_upload(elsewhere)
         assert second["job_id"] == out["job_id"] and second["reused"] == "True" and out["reused"] == "False"
         assert second["endpoint"] == server.base_url and second["endpoint_from"] == "base_url"
+        assert (tmp_path / "home2" / "bailian" / "registry.json").is_file()
         assert posts(server, "/api/v1/files") == 3 and posts(server, "/api/v1/fine-tunes") == 1
 
         # a file deleted in the console: uploaded again (400 "File not found" is gone, like 404), no second job
