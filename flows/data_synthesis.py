@@ -171,6 +171,10 @@ class DataSynthesisParams(StrictParams):
             return self.num_samples
         return DEMO_NUM_SAMPLES if self.sizes == "demo" else recommended_size(agent, self.sizes)
 
+    def vocabulary_args(self) -> tuple[list[str], str]:
+        """The extra vocabulary files as LLM task arguments: their paths and the hash of their content."""
+        return [str(p) for p in self.vocabulary], vocabulary_for(self.vocabulary).fingerprint
+
     def sources(self) -> list[str]:
         return {"template": ["seed"], "llm": ["llm"], "both": ["seed", "llm"]}[self.mode]
 
@@ -215,6 +219,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
         ]
     )
     progress = Progress(f"data-synthesis: {len(schedule.batches)} batches", len(schedule.batches))
+    vocabulary = params.vocabulary_args()
     submit = {
         "seed": lambda b: submit_fresh(
             seed_batch_task,
@@ -227,7 +232,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
             [str(p) for p in params.vocabulary],
         ),
         "llm": lambda b: submit_fresh(
-            llm_batch_task, b.agent, seed, b.start, b.count, out_dir, endpoint, params.budget, scope
+            llm_batch_task, b.agent, seed, b.start, b.count, out_dir, endpoint, params.budget, scope, *vocabulary
         ),
     }
     finals: dict[tuple[str, str], FreshFuture] = {}
@@ -311,7 +316,14 @@ def run_pilot(params: DataSynthesisParams, seed: int, endpoint: LLMEndpoint) -> 
     A pilot in which an agent got no usable answer fails: the full run would pay for nothing."""
     assert params.pilot is not None
     rows = [
-        llm_pilot_task(name, seed, min(params.pilot, params.size_of(name)), params.size_of(name), endpoint)
+        llm_pilot_task(
+            name,
+            seed,
+            min(params.pilot, params.size_of(name)),
+            params.size_of(name),
+            endpoint,
+            *params.vocabulary_args(),
+        )
         for name in params.agent_list()
     ]
     total = round(sum(r["projected_cost"] for r in rows), 6)

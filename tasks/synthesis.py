@@ -103,16 +103,21 @@ def llm_batch_task(
     endpoint: LLMEndpoint,
     budget: float | None,
     budget_scope: str | None = None,
+    vocabulary: list[str] | None = None,
+    vocabulary_hash: str = "",
 ) -> Manifest:
     """LLM-mode samples of one batch (:func:`medtune_core.synthesis.llm_mode.llm_batch`). ``budget`` caps what this
     batch may spend, or with ``budget_scope`` (e.g. the flow run) what every batch of that scope in this process
-    spends together; neither is part of the cache key."""
+    spends together; neither is part of the cache key. ``vocabulary``: extra vocabulary files (inputs and clinical
+    rules); ``vocabulary_hash`` their content, so an edited file is not answered from the cache."""
     from medtune_core.llm.ledger import shared_ledger
     from medtune_core.synthesis.llm_mode import llm_batch
 
     ledger = shared_ledger(budget_scope) if budget_scope else None
     params = {"temperature": endpoint.temperature}
-    m = llm_batch(client_config(endpoint, budget), agent, seed, start, count, output_dir, params=params, ledger=ledger)
+    config = client_config(endpoint, budget)
+    vocab = vocabulary or ()
+    m = llm_batch(config, agent, seed, start, count, output_dir, params=params, ledger=ledger, vocabulary=vocab)
     get_run_logger().info(
         "%s batch %d: %d accepted, %d rejected, %d+%d tokens, cost %.6f %s",
         agent,
@@ -147,11 +152,21 @@ def finalize_task(
 
 
 @medtune_task(name="synthesis-llm-pilot", retry="network")
-def llm_pilot_task(agent: str, seed: int, k: int, total_n: int, endpoint: LLMEndpoint) -> dict[str, Any]:
-    """The seed's ``--test_cost`` for one agent: ``k`` requests sent, priced and projected to ``total_n``."""
+def llm_pilot_task(
+    agent: str,
+    seed: int,
+    k: int,
+    total_n: int,
+    endpoint: LLMEndpoint,
+    vocabulary: list[str] | None = None,
+    vocabulary_hash: str = "",
+) -> dict[str, Any]:
+    """The seed's ``--test_cost`` for one agent: ``k`` requests sent, priced and projected to ``total_n``
+    (``vocabulary``: extra vocabulary files the inputs come from, as in :func:`llm_batch_task`)."""
     from medtune_core.synthesis.llm_mode import pilot_agent
 
-    report = pilot_agent(client_config(endpoint), agent, seed, k, total_n, {"temperature": endpoint.temperature})
+    sampling = {"temperature": endpoint.temperature}
+    report = pilot_agent(client_config(endpoint), agent, seed, k, total_n, sampling, vocabulary or ())
     get_run_logger().info("%s %s", agent, report.summary())
     return {
         "agent": agent,

@@ -346,3 +346,20 @@ def test_a_nightly_flow_run_drops_what_an_earlier_night_wrote_and_reports_it(pre
     assert drug["reasons"] == {"duplicate:previous_night": 4} and drug["accepted"] == 8
     assert drug["novelty"] == 1.0 and summary["params"]["mode"] == "template"
     assert (index_dir(Path(out["summary"]).parent, "drug", "seed") / f"{tonight}.npz").is_file()
+
+
+def test_the_flow_takes_a_hospitals_vocabulary_and_checks_it_first(prefect_harness, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from flows.data_synthesis import DataSynthesisParams, data_synthesis
+
+    bad = write_yaml(tmp_path / "bad.yaml", {"drugs": [dict(DRUG, contraindications=["头孢过敏史"])]})
+    with pytest.raises(ValidationError, match=r"bad\.yaml:drugs\[头孢呋辛酯\]\.contraindications"):
+        DataSynthesisParams(vocabulary=[bad], output_dir=tmp_path)
+    ours = "本院提示：以上建议仅供参考，具体用药请遵医嘱。"
+    house = write_yaml(tmp_path / "house.yaml", {"disclaimers": [ours]})
+    params = DataSynthesisParams(agents=["drug"], num_samples=6, mode="seed", vocabulary=[house], output_dir=tmp_path)
+    assert params.mode == "template"  # seed 0's name of template mode still works
+    out = data_synthesis(params)
+    rows = [json.loads(x) for x in Path(out["drug.seed"]).read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 6 and {r["output"]["disclaimer"] for r in rows} == {ours}

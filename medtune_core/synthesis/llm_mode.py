@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from medtune_core.llm import BudgetExceeded, ChatRequest, ChatResult, Failed, LL
 from medtune_core.llm.client import PilotReport
 from medtune_core.llm.ledger import CostLedger
 from medtune_core.synthesis import Agent, Sample, get_agent, resolve_agents
+from medtune_core.synthesis import vocab as V
 from medtune_core.synthesis.postprocess import DedupConfig, PostprocessResult, Reject
 from medtune_core.synthesis.requests import prompt_prefix, user_message
 from medtune_core.synthesis.run import (
@@ -56,8 +58,11 @@ def quality_check(agent: Agent, inp: dict[str, Any]) -> Callable[[Any], str | No
     with this input. Its problem text is what the former pydantic ``after`` validator produced (so a re-ask sends
     the same correction turn as before, and a cached re-ask still hits)."""
 
+    vocab = V.current()  # the vocabulary the input was drawn from; the client may check on another thread
+
     def check(answer: Any) -> str | None:
-        failures = agent.quality_failures(inp, answer)  # the agent's checks, then the clinical rules
+        with V.use_vocabulary(vocab):
+            failures = agent.quality_failures(inp, answer)  # the agent's checks, then the clinical rules
         if not failures:
             return None
         return f"<root>: Value error, {QUALITY_PREFIX}: " + "; ".join(str(f) for f in failures)
@@ -193,14 +198,21 @@ def run_llm_batch_sync(
 
 
 def pilot_agent(
-    client_config: LLMConfig, agent: str, seed: int, k: int, total_n: int, params: Mapping[str, Any] | None = None
+    client_config: LLMConfig,
+    agent: str,
+    seed: int,
+    k: int,
+    total_n: int,
+    params: Mapping[str, Any] | None = None,
+    vocabulary: Sequence[str | os.PathLike[str]] = (),
 ) -> PilotReport:
     """The seed's ``--test_cost`` for one agent: send its first ``k`` requests, price them, project to ``total_n``.
 
     They are the requests the real run starts with, so their answers wait in the response cache: the run that
     follows a pilot does not pay for them again.
     """
-    requests = [req for _, _, req in build_chat_requests(agent, seed, 0, k, params=params)]
+    with V.use_vocabulary(vocabulary):
+        requests = [req for _, _, req in build_chat_requests(agent, seed, 0, k, params=params)]
 
     async def go() -> PilotReport:
         async with LLMClient(client_config) as client:
@@ -219,14 +231,17 @@ def llm_batch(
     *,
     params: Mapping[str, Any] | None = None,
     ledger: CostLedger | None = None,
+    vocabulary: Sequence[str | os.PathLike[str]] = (),
 ) -> Manifest:
     """One LLM batch end to end: answered, validated, saved under ``output_dir/.batches``; returns its manifest
-    (``extra``: tokens, cost, rejects by reason, indices still ``missing``).
+    (``extra``: tokens, cost, rejects by reason, indices still ``missing``). ``vocabulary``: extra vocabulary files
+    the inputs are drawn from and the clinical rules read.
 
     A batch the budget stopped is saved too (what was paid for is kept) and raises :class:`BudgetStop` carrying
     that manifest; a batch with requests that got no answer raises :class:`BatchFailed` naming the cause (their
     answers, where any came, wait in the response cache)."""
-    outcome = run_llm_batch_sync(config, agent, seed, start, count, params=params, ledger=ledger)
+    with V.use_vocabulary(vocabulary):
+        outcome = run_llm_batch_sync(config, agent, seed, start, count, params=params, ledger=ledger)
     if outcome.failed:
         causes = ", ".join(f"{n} {reason}" for reason, n in outcome.failures.most_common())
         raise BatchFailed(
