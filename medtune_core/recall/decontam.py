@@ -2,10 +2,12 @@
 
 Two checks, both on text (they do not depend on the embedding backend):
 
-- **Long overlaps** (:class:`NgramIndex`): every test text (question, each option, explanation) is normalised
-  (lowercase, whitespace removed) and its character ``n``-grams (default 13, as GPT-3's 13-gram rule) go into a set; a
-  row is contaminated when any ``n``-character window of its whole normalised text is in that set. Texts shorter than
-  ``n`` add nothing here (a short option such as "肋胸膜" would match innocent rows).
+- **Long overlaps** (:class:`NgramIndex`): every test text (question, each option, explanation) is cut into tokens
+  (a Chinese/Japanese character is a token, a run of other letters or digits is one word; case, spacing and
+  punctuation ignored) and its ``n``-token windows (default 13, GPT-3's 13-gram rule) go into a set; a row is
+  contaminated when any ``n``-token window of its whole text is in that set. Texts shorter than ``n`` tokens add
+  nothing here (a short option such as "肋胸膜" would match innocent rows); 13 English letters are two words, hence
+  words, not characters, for scripts that separate them.
 - **Near copies of the question** (:class:`NearCopyIndex`): the question, normalised harder (NFKC, lowercase, every
   character that is not a letter or digit dropped, so punctuation, spacing and whatever follows, such as options in
   another order, do not matter), must not appear in the row's normalised text within a small edit budget scaled to its
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,9 +35,20 @@ from medtune_core.errors import MedtuneError
 from medtune_core.formats import MultipleChoice
 from medtune_core.recall.benchmarks import contamination_texts
 
+_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+")
+
 
 def normalize_for_overlap(text: str) -> str:
     return "".join(text.lower().split())
+
+
+def overlap_tokens(text: str) -> list[str]:
+    """CJK characters one by one, other letters and digits as words; lowercase, NFKC, punctuation dropped."""
+    return _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def _join(tokens: Sequence[str]) -> str:
+    return " ".join(tokens) if any(len(t) > 1 for t in tokens) else "".join(tokens)
 
 
 def normalize_strict(text: str) -> str:
@@ -55,30 +69,30 @@ class Contamination:
 
 
 class NgramIndex:
-    """The character n-grams of a set of evaluation questions, each mapped to the first question that has it."""
+    """The token n-grams of a set of evaluation questions, each mapped to the first question that has it."""
 
     def __init__(self, questions: Iterable[MultipleChoice], n: int = 13) -> None:
         if n < 4:
-            raise MedtuneError(f"decontamination n-gram length must be at least 4 characters, got {n}")
+            raise MedtuneError(f"decontamination n-gram length must be at least 4 tokens, got {n}")
         self.n = n
-        self.grams: dict[str, str] = {}
+        self.grams: dict[tuple[str, ...], str] = {}
         for q in questions:
             for text in contamination_texts(q):
-                norm = normalize_for_overlap(text)
-                for i in range(len(norm) - n + 1):
-                    self.grams.setdefault(norm[i : i + n], q.id or "")
+                tokens = overlap_tokens(text)
+                for i in range(len(tokens) - n + 1):
+                    self.grams.setdefault(tuple(tokens[i : i + n]), q.id or "")
 
     def __len__(self) -> int:
         return len(self.grams)
 
     def match(self, text: str) -> tuple[str, str] | None:
-        """The first n-gram of ``text`` found in the evaluation set and its question id, or None."""
-        norm = normalize_for_overlap(text)
+        """The first n-gram of ``text`` found in the evaluation set (as text) and its question id, or None."""
+        tokens = overlap_tokens(text)
         grams, n = self.grams, self.n
-        for i in range(len(norm) - n + 1):
-            gram = norm[i : i + n]
+        for i in range(len(tokens) - n + 1):
+            gram = tuple(tokens[i : i + n])
             if gram in grams:
-                return gram, grams[gram]
+                return _join(gram), grams[gram]
         return None
 
 
