@@ -209,7 +209,7 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
         key = f"{i + 1}-{cfg.stage}"
         outputs[key] = result["output_dir"]
         if cfg.stage == "rm":
-            reward_model = result["merged_dir"]
+            reward_model = str(result["merged_dir"])
         else:
             base = Path(result["merged_dir"])
             outputs["model"] = str(base)
@@ -236,7 +236,7 @@ def rlhf_training(params: RLHFTrainingParams) -> dict[str, str]:
                 "eval loss": m.get("eval_loss"),
                 "tokens/s": m.get("effective_tokens_per_s"),
                 "loss curve": result.get("loss_curve"),
-                "model": result.get("merged_dir"),
+                "model": str(result.get("merged_dir") or ""),
                 "trained in": placement.where,
             }
         )

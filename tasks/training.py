@@ -6,11 +6,12 @@ its files, so a re-merged previous stage with new weights is a new key), the sta
 every finished stage. The same inputs make the stage's identity in the core (:mod:`medtune_core.training.identity`),
 which decides what the stage's folder is worth when the task does run.
 
-A cached result names folders. :func:`train_stage` checks them before handing the result on
-(:func:`stage_outputs_current`: the folder still holds the finished stage of that identity, the adapter is the
-one trained, ``merged/`` is a merge of it) and runs the task again when not: the core then reuses what is intact
-(a deleted ``merged/`` is merged again, nothing retrains) and retrains what is not. ``force`` retrains even a
-finished stage; it is not part of the cache key (the forced result replaces the cached one).
+A cached result names folders: the adapter (or model) and ``merged/`` come back as
+:class:`~tasks.caching.OutputPath` (a path that remembers its contents), and :func:`train_stage` hands the result
+on through the one freshness check (:func:`tasks.base.fresh`): a folder deleted or altered since runs the task
+again, and the core then reuses what is intact (a deleted ``merged/`` is merged again, nothing retrains) and
+retrains what is not. ``force`` retrains even a finished stage; it is not part of the cache key (the forced result
+replaces the cached one).
 
 When ``cuda_deployment`` is given (e.g. ``train-stage/cuda``, the ``train-stage`` flow on the ``medtune-cuda``
 pool), the stage runs there through ``run_deployment``; Prefect returns a failed child run without raising, so
@@ -28,10 +29,8 @@ from prefect.cache_policies import TASK_SOURCE
 
 from medtune_core.errors import MedtuneError
 from medtune_core.training import StageResult, get_stage, merged_model_of, resolve_model_ref
-from medtune_core.training.identity import StageState
-from medtune_core.training.merge import merged_is_current
-from tasks.base import medtune_task
-from tasks.caching import ContentInputs
+from tasks.base import fresh, medtune_task
+from tasks.caching import ContentInputs, OutputPath
 
 
 def resolve_base(model: str) -> Path:
@@ -71,6 +70,15 @@ def with_input_files(config: dict[str, Any]) -> dict[str, Any]:
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
+
+
+#: Result keys that name a stage's trained outputs: checked by :func:`tasks.base.fresh` before a cached reuse.
+OUTPUT_KEYS = ("adapter_dir", "model_dir", "merged_dir")
+
+
+def checked_outputs(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` with its output folders as :class:`OutputPath` (their contents recorded for the freshness check)."""
+    return {k: (OutputPath.of(v) if k in OUTPUT_KEYS and v else v) for k, v in out.items()}
 
 
 def run_stage_here(stage: str, config: dict[str, Any], merge: bool, force: bool = False) -> dict[str, Any]:
@@ -113,27 +121,8 @@ def train_stage_task(
     """Train one stage (config as a dict, ``model`` already resolved to ``base``); returns its result dict."""
     config = {**config, "model": str(base)}
     if cuda_deployment:
-        return _dispatch(cuda_deployment, stage, config, merge, force)
-    return run_stage_here(stage, config, merge, force)
-
-
-def stage_outputs_current(result: dict[str, Any]) -> bool:
-    """Whether a (cached) stage result still describes its folder: the finished stage of the same identity, the
-    adapter or model it trained (content hash), and a ``merged/`` made from that adapter."""
-    state = StageState(result["output_dir"]).read()
-    if not result.get("identity") or state.get("identity") != result["identity"] or state.get("status") != "done":
-        return False
-    produced = result.get("adapter_dir") or result.get("model_dir")
-    if not produced or not Path(produced).is_dir() or state.get("output_sha256") != result.get("output_sha256"):
-        return False
-    from medtune_core.hashing import path_sha256
-
-    if path_sha256(produced) != result.get("output_sha256"):
-        return False
-    merged = result.get("merged_dir")
-    if merged and result.get("adapter_dir"):
-        return merged_is_current(result["adapter_dir"], merged)
-    return not merged or Path(merged).is_dir()
+        return checked_outputs(_dispatch(cuda_deployment, stage, config, merge, force))
+    return checked_outputs(run_stage_here(stage, config, merge, force))
 
 
 def train_stage(
@@ -145,11 +134,8 @@ def train_stage(
     force: bool = False,
 ) -> dict[str, Any]:
     """:func:`train_stage_task`, run again (its cache refreshed) when forced or when a cached result names
-    outputs that are gone or altered (:func:`stage_outputs_current`)."""
+    outputs that are gone or altered (:func:`tasks.base.fresh`)."""
     args = (stage, config, base, merge, cuda_deployment)
     if force:
         return train_stage_task.with_options(refresh_cache=True)(*args, force=True)
-    result = train_stage_task(*args)
-    if not stage_outputs_current(result):
-        result = train_stage_task.with_options(refresh_cache=True)(*args)
-    return result
+    return fresh(train_stage_task, train_stage_task(*args), *args)

@@ -220,3 +220,20 @@ def test_training_modules_import_each_other_without_cycles() -> None:
 
     for name in graph:
         visit(name, [])
+
+
+def test_a_teacher_lost_mid_run_stops_being_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from medtune_core.rewards import TeacherJudge
+    from medtune_core.rewards.teacher import TeacherConfig
+
+    cfg = TeacherConfig(
+        model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key="k", timeout_s=0.3, max_retries=0,
+        backoff_base_s=0.0, max_failed_calls=2,
+    )  # fmt: skip
+    judge = TeacherJudge(cfg, tmp_path / "j.jsonl")  # built directly: no probe, as if it went away after the start
+    with caplog.at_level(logging.WARNING):
+        assert judge(["q1"], ["a"]) == [None] and judge(["q2"], ["a"]) == [None]
+        assert judge.given_up and judge.requested == 2
+        assert judge(["q3"], ["a"]) == [None] and judge.requested == 2, "not asked again"
+    assert judge.report() == {"requested": 2, "failed": 2, "given_up": True}
+    assert any("not asked again" in r.getMessage() for r in caplog.records)

@@ -185,7 +185,7 @@ def test_torchrun_one_process_on_cpu_matches_in_process(
     """``torch.distributed.run`` starts a worker (gloo on CPU) that trains the stage; the parent reads back the
     result. Same seed and data as an in-process run, so the same losses."""
     common = dict(TINY, train_files=[chat], max_steps=2, device="cpu")
-    caplog.set_level(logging.INFO, logger="medtune_core.training.launch")
+    caplog.set_level(logging.INFO, logger="medtune_core.training.launcher")
     launched = get_stage("sft").run(stage_config("sft", **common, launcher="torchrun", output_dir=tmp_path / "tr"))
     out = tmp_path / "tr"
     assert launched.stage == "sft" and launched.output_dir == out
@@ -206,6 +206,11 @@ def test_torchrun_one_process_on_cpu_matches_in_process(
 @pytest.mark.slow
 def test_failed_launch_reports_exit_code_and_last_output(chat: Path, tmp_path: Path) -> None:
     cfg = stage_config("sft", **TINY, train_files=[chat], launcher="torchrun", device="cpu", output_dir=tmp_path / "o")
-    cfg = cfg.model_copy(update={"model": str(tmp_path / "no-such-model")})
-    with pytest.raises(MedtuneError, match=r"(?s)exited with code \d+; last output:.*no-such-model"):
+    broken = tmp_path / "broken-model"  # there (the checks before launching pass), but no loadable model
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    cfg = cfg.model_copy(update={"model": str(broken)})
+    with pytest.raises(MedtuneError, match=r"(?s)exited with code \d+; last output:.*no-such-architecture"):
         get_stage("sft").run(cfg)
+    with pytest.raises(MedtuneError, match=r"model: model .*no-such-model.*: no such folder"):  # checked here first
+        get_stage("sft").run(cfg.model_copy(update={"model": str(tmp_path / "no-such-model")}))
