@@ -86,6 +86,7 @@ def drop_previous_nights(
             signatures.append(m.hashvalues)
         else:
             result.rejects.append(Reject.of(s, REASON, f"near copy of {hit[0]} (estimated Jaccard {hit[1]:.2f})"))
-    values = np.array(signatures, dtype=np.uint64).reshape(len(signatures), cfg.num_perm)
+    dtype = signatures[0].dtype if signatures else np.uint64  # uint32 with datasketch >= 2: half the disk
+    values = np.array(signatures, dtype=dtype).reshape(len(signatures), cfg.num_perm)
     _save(folder / f"{night}.npz", [s.id for s in result.accepted], values, scheme)
     return result
