@@ -1,4 +1,4 @@
-"""SFT data synthesis for the five health-assistant agents of seed 0 (plain Python, no Prefect).
+"""SFT data synthesis for the five health-assistant agents (plain Python, no Prefect).
 
 - :mod:`.base` :class:`Agent`, :class:`Sample`, :func:`register_agent`; :mod:`.agents` one module per agent;
   :mod:`.registry` agents by name (:func:`get_agent`, :func:`agent_names`); :mod:`.vocab` the medical
@@ -10,7 +10,7 @@
   :mod:`medtune_core.llm` (imported on demand).
 - :mod:`.output` records in the ``instruction`` / ``conversations`` / ``messages`` formats;
   :mod:`.run` batches, per-agent files with manifests and rejects, the run summary.
-- :mod:`.sizes` seed 0's recommended sizes and the cost estimate.
+- :mod:`.sizes` the recommended sizes and the cost estimate.
 """
 
 from medtune_core.synthesis.base import AGENTS, Agent, CheckFailure, Sample, register_agent

@@ -7,7 +7,7 @@ An agent is everything the synthesis flow needs to know about one kind of SFT sa
 - ``output_model``: the pydantic schema of the JSON answer (also sent to the LLM as its response format);
 - ``few_shots()``: worked examples for the LLM prompt;
 - ``checks(input, output)``: quality checks beyond the schema, each failure a ``(check, problem)`` pair;
-- ``template_output(input, rng)``: the seed-mode generator, building the answer from the input offline.
+- ``template_output(input, rng)``: the template-mode generator, building the answer from the input offline.
 
 Adding an agent means writing one module under :mod:`medtune_core.synthesis.agents` with a class decorated
 by :func:`register_agent`; the package imports every module in it. Looking agents up by name
@@ -42,7 +42,7 @@ class Sample:
     index: int
     input: dict[str, Any]
     output: dict[str, Any] | None
-    source: str = "seed"  # "seed" (template mode; the file name keeps seed 0's word) | "llm"
+    source: str = "seed"  # "seed" (template mode: the original scripts' label, kept in file names) | "llm"
     raw: str | None = None  # the raw answer text (LLM mode), kept for the rejects file
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -79,7 +79,7 @@ class Agent(ABC):
     system_prompt: ClassVar[str]
     input_model: ClassVar[type[BaseModel]]
     output_model: ClassVar[type[BaseModel]]
-    #: (minimum, recommended) sample counts from seed 0's table.
+    #: (minimum, recommended) sample counts from the original guide's table.
     recommended_sizes: ClassVar[tuple[int, int]]
     #: How many worked examples go into an LLM prompt.
     num_few_shots: ClassVar[int] = 2
@@ -96,7 +96,7 @@ class Agent(ABC):
 
     @abstractmethod
     def template_output(self, inp: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        """Build the answer for ``inp`` from templates (seed mode: no network, deterministic in ``rng``)."""
+        """Build the answer for ``inp`` from templates (template mode: no network, deterministic in ``rng``)."""
 
     def checks(self, inp: dict[str, Any], out: Any) -> Iterator[CheckFailure]:
         """Quality checks on a schema-valid output (an instance of :attr:`output_model`)."""

@@ -1,7 +1,7 @@
 """Turning samples into records and writing the per-agent files with their manifests and rejects.
 
 Records are built as alpaca rows ``{"instruction": system/task prompt, "input": {...}, "output": {...}}``
-(seed 0's default) and parsed into a canonical :class:`Conversation`, so the registry's ``alpaca``,
+(the original scripts' default) and parsed into a canonical :class:`Conversation`, so the registry's ``alpaca``,
 ``sharegpt`` and ``messages`` formats write them (and ``DatasetReader`` reads them back).
 """
 
@@ -20,7 +20,7 @@ from medtune_core.synthesis.base import Sample
 from medtune_core.synthesis.postprocess import Reject
 from medtune_core.synthesis.registry import get_agent
 
-#: Output format names of seed 0 (and the registry's own names) → registry format.
+#: Output format names of the original scripts (and the registry's own names) → registry format.
 OUTPUT_FORMATS: dict[str, str] = {
     "instruction": "alpaca",
     "alpaca": "alpaca",

@@ -21,7 +21,7 @@ def get_agent(name: str) -> Agent:
 
 
 def agent_names() -> list[str]:
-    """Registered agent names in registration order (seed 0's order for the built-in five)."""
+    """Registered agent names in registration order (the original order for the built-in five)."""
     return list(AGENTS)
 
 

@@ -1,4 +1,4 @@
-"""Recommended dataset sizes (seed 0's table) and a cost estimate for LLM mode before anything is sent."""
+"""Recommended dataset sizes (the original guide's table) and a cost estimate for LLM mode before anything is sent."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from medtune_core.synthesis.registry import agent_names, get_agent, resolve_agen
 from medtune_core.synthesis.requests import build_messages
 from medtune_core.synthesis.templates import generate_template_sample
 
-#: Seed 0's (minimum, recommended) samples per agent.
+#: The original guide's (minimum, recommended) samples per agent.
 RECOMMENDED_SIZES: dict[str, tuple[int, int]] = {
     "preprocess": (1000, 5000),
     "critic": (500, 2000),
@@ -27,7 +27,7 @@ MESSAGE_OVERHEAD_TOKENS = 4
 
 
 def recommended_size(agent: str, level: Literal["minimum", "recommended"] = "recommended") -> int:
-    """Seed 0's size for ``agent``; agents outside the table use their own ``recommended_sizes``."""
+    """The original guide's size for ``agent``; agents outside the table use their own ``recommended_sizes``."""
     lo, hi = RECOMMENDED_SIZES.get(agent) or get_agent(agent).recommended_sizes
     return lo if level == "minimum" else hi
 
@@ -112,7 +112,7 @@ def estimate_cost_for_model(
         from medtune_core.llm.pricing import PriceTable
 
         price = PriceTable.default().lookup(model)
-    except ImportError:  # pragma: no cover - the LLM layer is optional for seed mode
+    except ImportError:  # pragma: no cover - the LLM layer is optional for template mode
         price = None
     if price is None:
         return estimate_cost(agents, num_samples, **kwargs)

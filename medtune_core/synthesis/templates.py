@@ -1,8 +1,8 @@
 """Template mode: samples built offline from the vocabularies, deterministic for a given random seed.
 
 Every sample has its own random generator seeded from ``(seed, agent, index)``, so sample ``i`` is the same
-whether it is generated alone, in a batch or in a full run: batches can be regenerated independently. (Seed 0, the
-original project, called this "seed mode"; here ``seed`` means only the random seed, and ``mode=seed`` is kept as an
+whether it is generated alone, in a batch or in a full run: batches can be regenerated independently. (The original
+scripts called this "seed mode"; here ``seed`` means only the random seed, and ``mode=seed`` is kept as an
 alias of ``mode=template``.)
 """
 
@@ -73,6 +73,6 @@ def template_fingerprint(name: str, vocabulary: Sequence[str | os.PathLike[str]]
     return f"{TEMPLATE_VERSION}-{h.hexdigest()[:16]}"
 
 
-#: Seed 0's names (kept: code outside the package calls them).
+#: The former names (kept: code outside the package calls them).
 generate_seed_sample = generate_template_sample
 generate_seed_samples = generate_template_samples

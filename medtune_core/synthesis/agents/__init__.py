@@ -1,4 +1,4 @@
-"""The agents, one module each; importing this package registers every module in it (in seed 0's order first)."""
+"""The agents, one module each; importing this package registers them all (the original five first)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pkgutil
 
 from medtune_core.synthesis.base import AGENTS
 
-#: Seed 0's agents, registered first so ``agent_names()`` lists them in the seed's order.
+#: The original scripts' agents, registered first so ``agent_names()`` lists them in their order.
 BUILTIN = ("preprocess", "critic", "check_rag", "diagnosis", "drug")
 
 for _name in BUILTIN:
@@ -18,7 +18,7 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
 
 
 def _order_registry() -> None:
-    """Seed 0's five first, in its order, then any added agent in module-name order."""
+    """The original five first, in their order, then any added agent in module-name order."""
     ordered = {n: AGENTS[n] for n in BUILTIN if n in AGENTS}
     ordered.update({n: a for n, a in AGENTS.items() if n not in ordered})
     AGENTS.clear()

@@ -1,6 +1,6 @@
 """``critic``: score a candidate answer to a patient's question (1-10) and justify the score.
 
-Seed mode builds candidate answers of every quality from components (a correct or wrong judgement, an
+Template mode builds candidate answers of every quality from components (a correct or wrong judgement, an
 explanation, self-care advice, tests and department, red flags, empathy, unsafe advice, vague filler) and
 scores them with a fixed rubric, aiming at each score band in turn so every band is covered.
 """
@@ -330,7 +330,7 @@ class CriticAgent(Agent):
 
     @staticmethod
     def analyse(inp: dict[str, Any]) -> tuple[V.Disease, Parts]:
-        """Recover the disease and composition of a seed-mode candidate answer (template mode only)."""
+        """Recover the disease and composition of a template-mode candidate answer."""
         answer, question = inp["answer"], inp["question"]
         # the disease is the one whose symptoms the question lists and whose text the answer uses
         candidates = [d for d in V.DISEASES if any(s in question for s in d.key_symptoms)] or V.DISEASES

@@ -1,4 +1,4 @@
-"""``preprocess``: turn a symptom form into a structured medical description (seed 0's example agent)."""
+"""``preprocess``: turn a symptom form into a structured medical description (the original scripts' example agent)."""
 
 from __future__ import annotations
 
