@@ -18,7 +18,7 @@ from flows.cli_common import setup_logging
 #: Pipeline order and the demo's overrides of each flow's defaults.
 DEMO_STEPS: list[tuple[str, dict[str, Any]]] = [
     ("prepare-data", {}),
-    ("data-synthesis", {"mode": "seed", "agents": "all", "num_samples": 50}),
+    ("data-synthesis", {"mode": "template", "agents": "all", "num_samples": 50}),
     ("eval-driven-recall", {}),
     # SFT -> DPO, a few steps each on the embedded SmolLM2, then the safety evaluation of each stage's model
     ("rlhf-training", {"safety": {"limit": 4, "max_new_tokens": 64}}),

@@ -23,7 +23,7 @@ pytest_plugins = ["tests.e2e_server"]
 pytestmark = pytest.mark.e2e
 
 NIGHTLY_PARAMS = {
-    "params": {"mode": "seed", "sizes": "minimum", "seed": None, "output_dir": "out/data-synthesis/nightly"}
+    "params": {"mode": "template", "sizes": "minimum", "seed": None, "output_dir": "out/data-synthesis/nightly"}
 }
 
 
