@@ -274,3 +274,20 @@ def test_pilot_prices_a_few_requests_and_the_run_reuses_them(prefect_harness, tm
         assert len(list(DatasetReader(full["drug.llm"], policy="strict"))) == 10
     with pytest.raises(ValueError, match="pilot prices LLM requests"):
         DataSynthesisParams(mode="seed", pilot=2)
+
+
+def test_bad_prices_and_an_output_dir_that_is_a_file_are_rejected_before_the_flow_starts(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    for prices, problem in (
+        ({"m": {"input": "cheap"}}, "could not convert"),
+        ({"m": {"input": -1.0}}, "finite number >= 0"),
+        ({"m": {"input": 1.0, "ouput": 2.0}}, "unknown keys: ['ouput']"),
+    ):
+        with pytest.raises(ValidationError, match="prices") as err:
+            DataSynthesisParams(mode="llm", prices=prices)
+        assert problem in str(err.value)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x", encoding="utf-8")
+    with pytest.raises(ValidationError, match="output_dir"):
+        DataSynthesisParams(output_dir=a_file)
