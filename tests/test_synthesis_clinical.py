@@ -34,7 +34,7 @@ from medtune_core.synthesis.postprocess import dedup_text, shingles
 from medtune_core.synthesis.requests import USER_PREFIX
 from medtune_core.synthesis.run import finalize_agent, seed_batch
 from medtune_core.synthesis.templates import template_fingerprint
-from medtune_core.synthesis.vocab import VocabularyError, load_vocabulary
+from medtune_core.synthesis.vocab import VocabularyError, load_vocabulary, use_vocabulary
 from tests.fakes.openai_server import FakeOpenAIServer, FakeRequest
 
 DRUG = {
@@ -177,7 +177,7 @@ def fired(agent: str, inp: dict, out: dict) -> set[str]:
     return {f.check.removeprefix("clinical:") for f in failures if f.check.startswith("clinical:")}
 
 
-def test_each_rule_fires_with_its_name() -> None:
+def test_each_rule_fires_with_its_name(tmp_path: Path) -> None:
     seen: set[str] = set()
 
     def expect(rule: str, agent: str, inp: dict, out: dict) -> None:
@@ -205,6 +205,17 @@ def test_each_rule_fires_with_its_name() -> None:
     child, cout = first("drug", 4, lambda i, o: any(r["drug"] == "布洛芬" for r in o["recommendations"]))
     expect("drug_age", "drug", dict(child, age=9), cout)
     expect("contraindicated_drug", "drug", dict(child, history=[*child["history"], "消化性溃疡病史"]), cout)
+
+    # a drug for one sex only, from a hospital's formulary, recommended to a woman
+    tamsulosin = dict(DRUG, name="坦索罗辛缓释胶囊", drug_class="α1受体阻滞剂", indications=["排尿困难"], sex="男")
+    formulary = write_yaml(tmp_path / "urology.yaml", {"drugs": [tamsulosin]})
+    woman, wout = first("drug", 6, lambda i, o: i["sex"] == "女" and o["recommendations"])
+    rec = dict(
+        wout["recommendations"][0], drug="坦索罗辛缓释胶囊", category="处方药", usage="一次0.2毫克，一日1次，遵医嘱"
+    )
+    with use_vocabulary([formulary]):
+        expect("sex_specific_drug", "drug", woman, dict(wout, recommendations=[rec]))
+    assert "sex_specific_drug" not in fired("drug", woman, dict(wout, recommendations=[rec]))  # unknown drug
 
     q, qout = first("critic", 5, lambda i, o: "，女，" in i["question"])
     assert fired("critic", q, qout) == set()

@@ -147,6 +147,14 @@ def _drug_age(f: ClinicalFacts, v: Vocabulary) -> Iterator[str]:
             yield f"{name} recommended at age {f.age} (dosed for {d.min_age}-{d.max_age})"
 
 
+@rule("sex_specific_drug")
+def _drug_sex(f: ClinicalFacts, v: Vocabulary) -> Iterator[str]:
+    for name in f.recommended_drugs:
+        d = v.drug_by_name.get(name)
+        if d and d.sex and f.sex and d.sex != f.sex:
+            yield f"{name} recommended for a patient of sex {f.sex} (only {d.sex})"
+
+
 @rule("contraindicated_drug")
 def _contraindicated(f: ClinicalFacts, v: Vocabulary) -> Iterator[str]:
     for name in f.recommended_drugs:

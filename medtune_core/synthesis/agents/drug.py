@@ -148,6 +148,8 @@ class DrugAgent(Agent):
         usable = []
         for name in d.drugs:
             drug = V.DRUG_BY_NAME[name]
+            if drug.sex not in (None, sex):  # a drug for the other sex is not an option at all
+                continue
             blocked = blocking(drug, history)
             if blocked:
                 avoided.append(AvoidedDrug(drug=name, reason=pick(rng, AVOID_FORMS).format(h=join_zh(blocked), d=name)))

@@ -137,8 +137,16 @@ class Drug(_Entry):
     dosing: str
     min_age: int = Field(default=0, ge=0, le=120)
     max_age: int = Field(default=120, ge=0, le=120)
+    sex: Sex | None = None  # a drug for one sex only (e.g. an alpha-blocker for 前列腺增生)
     interactions: dict[str, str] = {}  # class of a current drug → what happens
     notes: list[str] = []
+
+    @property
+    def fits(self, sex: str | None, age: int | None) -> bool:
+        """Whether the drug is meant for a patient of this sex and age."""
+        return (self.sex is None or sex is None or sex == self.sex) and (
+            age is None or self.min_age <= age <= self.max_age
+        )
 
     @property
     def topical(self) -> bool:
