@@ -327,12 +327,14 @@ def test_upload_retries_5xx_then_never_uploads_twice(server, tmp_path, bailian_f
     client = make_client(server, tmp_path, sleeps)
     info = client.upload(bailian_file)
     assert not info.reused and info.file_id.startswith("file-ft-")
-    # the server's list is searched before the upload and again before the retry (a 5xx may have stored it)
+    # the server's list is searched before the upload, again before the retry (a 5xx may have stored it), and once
+    # after it (another run may have uploaded the same file at the same moment)
     assert [(r.method, r.path, r.status) for r in server.requests] == [
         ("GET", "/api/v1/files", 200),
         ("POST", "/api/v1/files", 503),
         ("GET", "/api/v1/files", 200),
         ("POST", "/api/v1/files", 200),
+        ("GET", "/api/v1/files", 200),
     ]
     assert server.requests[0].query == {"page_no": "1", "page_size": "100"}
     tagged = f"mainland_4opt_train.{info.sha256[:16]}.jsonl"

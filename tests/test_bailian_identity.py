@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,42 @@ def test_timeout_after_the_server_stored_is_not_retried_blindly(tmp_path, bailia
         finally:
             job_hold.release.set()
         assert job.reused and len(server.jobs) == 1
+
+
+@pytest.mark.parametrize("what", ["files", "fine-tunes"])
+def test_two_machines_at_the_same_moment_leave_one_file_and_one_training_job(tmp_path, bailian_file, what):
+    with FakeDashScope(api_key=KEY) as server:
+        first = client_for(server, tmp_path / "a" / "r.json")  # two homes: no shared lock folder
+        file_id = first.upload(bailian_file).file_id if what == "fine-tunes" else None
+        # machine a has listed (nothing there yet) when machine b lists, uploads or creates, and finishes
+        hold = server.hold("GET", f"/api/v1/{what}")
+        results: dict[str, object] = {}
+
+        def machine_a() -> None:
+            if what == "files":
+                results["a"] = first.upload(bailian_file).file_id
+            else:
+                results["a"] = first.create_job(JobSpec(training_file_ids=[file_id])).job_id
+
+        worker = threading.Thread(target=machine_a)
+        worker.start()
+        assert hold.holding.wait(30)
+        b = client_for(server, tmp_path / "b" / "r.json")
+        if what == "files":
+            results["b"] = b.upload(bailian_file).file_id
+        else:
+            results["b"] = b.create_job(JobSpec(training_file_ids=[file_id])).job_id
+        hold.release.set()
+        worker.join(30)
+        assert results["a"] == results["b"]  # both runs go on with the same one
+        if what == "files":
+            assert list(server.files) == [results["b"]] and created(server, "/api/v1/files") == 2
+            (deleted,) = [r.path for r in server.requests if r.method == "DELETE"]  # the late copy, by its uploader
+            assert deleted.startswith("/api/v1/files/file-ft-") and not deleted.endswith(str(results["a"]))
+        else:
+            statuses = {j: job.output["status"] for j, job in server.jobs.items()}
+            assert [s for s in statuses.values() if s != "CANCELED"] == [statuses[str(results["b"])]]
+            assert len(statuses) == 2  # the late one was cancelled before it could train
 
 
 # --------------------------------------------------------------------------------------- the server is the truth

@@ -537,9 +537,10 @@ class BailianClient:
                     self._record_file(key, remote, p, sha, md5, size)
                     return FileInfo(remote, p.name, sha, md5, size, True)
                 file_id = self._post_file(p, name, desc)
-                self._record_file(key, file_id, p, sha, md5, size)
                 log.info("uploaded %s as %s (%s)", p.name, file_id, name)
-                return FileInfo(file_id, p.name, sha, md5, size, False)
+                kept = self._settle_file_race(file_id, p.name, sha, md5, size)
+                self._record_file(key, kept, p, sha, md5, size)
+                return FileInfo(kept, p.name, sha, md5, size, kept != file_id)
 
             return self._retrying()(find_or_upload)
 
@@ -570,6 +571,22 @@ class BailianClient:
             why = "; ".join(f"{f.get('name')}: {f.get('code')} {f.get('message')}" for f in failed) or "no file id"
             raise BailianError(action, answer.status_code, "UploadFailed", why, body.get("request_id") or "")
         return str(uploaded[0]["file_id"])
+
+    def _settle_file_race(self, mine: str, name: str, sha: str, md5: str, size: int) -> str:
+        """After an upload: when another run (another machine) uploaded the same file at the same moment, every run
+        keeps the first copy (oldest, then smallest id) and the others delete their own, so one copy remains."""
+        from dashscope import Files
+
+        same = [f for f in self.list_files() if file_matches(f, sha=sha, md5=md5, size=size, name=name)]
+        if len(same) <= 1:
+            return mine
+        first = str(min(same, key=lambda f: (str(f.get("gmt_create") or ""), str(f.get("file_id"))))["file_id"])
+        if first != mine:
+            log.warning(
+                "%s was uploaded by another run at the same time as %s; deleting this copy %s", name, first, mine
+            )
+            self._call("delete file", Files.delete, mine)
+        return first
 
     def _record_file(self, key: str, file_id: str, p: Path, sha: str, md5: str, size: int) -> None:
         entry = {"file_id": file_id, "name": p.name, "md5": md5, "bytes": size, "path": str(p), "at": _now()}
@@ -630,11 +647,36 @@ class BailianClient:
                     newest.reused = True
                     return newest
                 job = self._post_job(spec, tag, attempt=len(matches) + 1)
-                self.registry.put("jobs", key, {"job_id": job.job_id, "model": spec.model, "at": _now()})
                 log.info("created fine-tune job %s (%s) as %s", job.job_id, job.status, tag)
+                job = self._settle_job_race(job, spec, tag, key, listed_files, {j.job_id for j in matches})
+                self.registry.put("jobs", key, {"job_id": job.job_id, "model": spec.model, "at": _now()})
                 return job
 
             return self._retrying()(find_or_create)
+
+    def _settle_job_race(
+        self,
+        mine: JobInfo,
+        spec: JobSpec,
+        tag: str,
+        key: str,
+        listed_files: list[dict[str, Any]] | None,
+        before: set[str],
+    ) -> JobInfo:
+        """After creating: when another run created a job for the same inputs at the same moment, every run keeps
+        the first of the new ones (oldest, then smallest id) and the others cancel their own before it trains."""
+        new = [j for j in self._matching_jobs(spec, tag, key, listed_files) if j.job_id not in before]
+        if len(new) <= 1:
+            return mine
+        first = min(new, key=lambda j: (j.create_time or "", j.job_id))
+        if first.job_id == mine.job_id:
+            return mine
+        log.warning(
+            "job %s was created by another run for these inputs; cancelling this one %s", first.job_id, mine.job_id
+        )
+        self.cancel_job(mine.job_id)
+        first.reused = True
+        return first
 
     def _needs_file_list(self, spec: JobSpec) -> bool:
         ids = [*spec.training_file_ids, *spec.validation_file_ids]
