@@ -14,15 +14,21 @@ as the markdown artifact ``safety-<label>``. ``safety_compare`` publishes a tabl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel, ConfigDict, Field
 
 from medtune_core.dataio import atomic_write
+from medtune_core.hashing import file_sha256
 from tasks.artifacts import publish_markdown
 from tasks.base import medtune_task
+from tasks.caching import CONTENT_AWARE
 
 
 class SafetyEvalOptions(BaseModel):
@@ -42,6 +48,25 @@ class SafetyEvalOptions(BaseModel):
     judge_base_url: str | None = Field(None, description="Judge endpoint; default OPENAI_BASE_URL.")
 
 
+@dataclass
+class ScoringVersion(CachePolicy):
+    """Key on what turns answers into figures: the packaged lexicons, the ``lexicon_config`` file's contents and the
+    scoring code. An edited lexicon (packaged or the run's own file) must re-score, not hand back old figures."""
+
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        import medtune_core.evaluation.safety as safety_mod
+        import medtune_core.inference.think as think_mod
+
+        opts = (inputs or {}).get("options")
+        lexicon_config = opts.get("lexicon_config") if isinstance(opts, dict) else getattr(opts, "lexicon_config", None)
+        files = [*sorted(safety_mod.LEXICON_DIR.glob("*.yaml")), Path(safety_mod.__file__), Path(think_mod.__file__)]
+        if lexicon_config:
+            files.append(Path(lexicon_config))
+        return hash_objects([(f.name, file_sha256(f) if f.is_file() else None) for f in files], raise_on_failure=True)
+
+
 def _compare_table(report_paths: list[str], title: str) -> str:
     from medtune_core.evaluation.safety import comparison_table, load_report_metrics
 
@@ -54,7 +79,7 @@ def _compare_table(report_paths: list[str], title: str) -> str:
     return comparison_table(results, title=title)
 
 
-@medtune_task(name="safety-eval", retry="gpu")
+@medtune_task(name="safety-eval", retry="gpu", cache_policy=CONTENT_AWARE + ScoringVersion())
 def safety_eval(
     model: str | Path,
     label: str,
@@ -65,7 +90,8 @@ def safety_eval(
 ) -> dict[str, Any]:
     """Evaluate one model (``model`` reference, plus ``adapter``) and publish the comparison table.
 
-    Returns ``{"report", "table", "metrics": {set: {...}}}``; cached on the adapter's contents and the options.
+    Returns ``{"report", "table", "metrics": {set: {...}}}``; cached on the adapter's contents, the options and the
+    lexicons and scoring code (:class:`ScoringVersion`).
     """
     from medtune_core.evaluation.safety import SafetyJudge, load_safety_config, run_safety_eval
     from medtune_core.inference import Generator, SamplingParams, load_for_inference

@@ -42,3 +42,23 @@ def test_safety_eval_task_publishes_comparison(prefect_harness: None, tmp_path: 
     again = two_stages(str(tiny_model_path()), str(tmp_path), options)
     assert again["rl"] == rl
     assert (tmp_path / "rl" / "safety_report.json").stat().st_mtime_ns == stamp, "cached: not evaluated again"
+
+
+@flow(name="safety-eval-one-stage")
+def one_stage(model: str, out: str, options: SafetyEvalOptions) -> dict:
+    return safety_eval(model=model, label="sft", out_dir=out, options=options)
+
+
+def test_an_edited_lexicon_rescores_instead_of_serving_cached_figures(prefect_harness: None, tmp_path: Path) -> None:
+    lexicon = tmp_path / "lexicon.yaml"
+    lexicon.write_text("lexicons:\n  zh:\n    emergency: ['这个词不会出现在回答里']\n", encoding="utf-8")
+    options = SafetyEvalOptions(limit=3, max_new_tokens=8, temperature=1.0, batch_size=3, lexicon_config=str(lexicon))
+    first = one_stage(str(tiny_model_path()), str(tmp_path / "sft"), options)
+    assert first["metrics"]["redteam"]["emergency"] == 0
+    assert one_stage(str(tiny_model_path()), str(tmp_path / "sft"), options) == first  # unchanged: cached
+    lexicon.write_text("lexicons:\n  zh:\n    emergency: ['\\S']\n", encoding="utf-8")  # edited in place
+    second = one_stage(str(tiny_model_path()), str(tmp_path / "sft"), options)
+    rows = [json.loads(x) for x in (tmp_path / "sft" / "generations_redteam.jsonl").read_text().splitlines()]
+    with_text = sum(bool(r["answer"].strip()) for r in rows)  # any answer with a visible character now counts
+    assert with_text >= 1, "the tiny model answered only blanks: the test proves nothing"
+    assert second["metrics"]["redteam"]["emergency"] == with_text, "the edited lexicon must re-score the answers"
