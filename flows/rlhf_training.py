@@ -162,7 +162,7 @@ class RLHFTrainingParams(StrictParams):
             for spec in targets:
                 values = dict(values)
                 if "train_files" in values:
-                    spec.train_files = StageSpec.model_validate({"stage": spec.stage, **values}).train_files
+                    spec.train_files = StageSpec(stage=spec.stage, train_files=values["train_files"]).train_files
                     values.pop("train_files")
                 spec.settings = {**spec.settings, **values}
         self.stage_overrides = {}
