@@ -196,3 +196,12 @@ def test_a_training_recipe_file_is_as_strict_as_the_parameters(tmp_path: Path) -
     fixed = recipe.read_text(encoding="utf-8").replace("adaptor: qlora", "adapter: dora")
     recipe.write_text(fixed, encoding="utf-8")
     assert build_params(model, None, [f"recipe={recipe}"]).adapter.value == "dora"
+
+
+def test_stage_overrides_by_name_still_work_with_strict_stages() -> None:
+    """``--set sft.max_steps=2`` (the training flow's shortcut) next to ``--set sft.train_files=[...]``."""
+    model = load_flow("rlhf-training")[1]
+    sample = REPO / "medtune_core" / "samples" / "sft_sharegpt_en.jsonl"
+    params = build_params(model, None, ["sft.max_steps=2", f"sft.train_files=[{sample}]"])
+    sft = next(s for s in params.stages if s.stage == "sft")
+    assert sft.settings["max_steps"] == 2 and sft.train_files == [sample]
