@@ -58,7 +58,10 @@ def small_settings(work: Path) -> dict[str, dict[str, Any]]:
 
 def test_every_deployment_completes_when_run_like_the_ui(prefect_stack: PrefectStack) -> None:
     stack = prefect_stack
-    deployments = stack.deployments()
+    # medtune deploy's own (other e2e modules add copies on pools of their own)
+    deployments = {
+        k: d for k, d in stack.deployments().items() if d["work_pool_name"] in ("medtune-cpu", "medtune-cuda")
+    }
     settings = small_settings(stack.work / "all")
     assert set(deployments) == set(settings), "a deployment without settings here (or one missing on the server)"
     assert deployments["train-stage/cuda"]["work_pool_name"] == "medtune-cuda"
