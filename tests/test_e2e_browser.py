@@ -146,6 +146,8 @@ def test_an_unchanged_custom_run_submits_what_a_quick_run_runs(prefect_stack: Pr
     captured (and not sent): its parameters, validated by the flow's model, are the Quick Run's parameters."""
     import importlib
 
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
     stack = prefect_stack
     deployments = {k: d for k, d in stack.deployments().items() if not k.startswith("train-stage/")}
     submitted: dict[str, dict] = {}
@@ -165,7 +167,7 @@ def test_an_unchanged_custom_run_submits_what_a_quick_run_runs(prefect_stack: Pr
                 try:
                     page.goto(f"{stack.url}/deployments/deployment/{deployment['id']}")
                     page.get_by_role("button", name="Run", exact=True).click()
-                    page.get_by_role("menuitem", name="Custom run").click()
+                    page.get_by_text("Custom run", exact=True).click()
                     page.get_by_role("button", name="Submit", exact=True).click()
                     deadline = time.monotonic() + 30
                     while current not in submitted and time.monotonic() < deadline:
@@ -182,6 +184,8 @@ def test_an_unchanged_custom_run_submits_what_a_quick_run_runs(prefect_stack: Pr
         flow_obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         model = flow_obj.fn.__annotations__["params"]
         model = getattr(importlib.import_module(flow_obj.fn.__module__), model) if isinstance(model, str) else model
-        custom = model.model_validate(submitted[name]["parameters"]["params"]).model_dump(mode="json")
+        # what the server does with the form's values before the run starts (``{"__prefect_kind": "json", ...}``)
+        hydrated = hydrate(submitted[name]["parameters"], HydrationContext(raise_on_error=True))
+        custom = model.model_validate(hydrated["params"]).model_dump(mode="json")
         quick = model.model_validate(deployment["parameters"]["params"]).model_dump(mode="json")
         assert custom == quick, f"{name}: an unchanged Custom Run differs from Quick Run"
