@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medtune_core.dataio import atomic_write
 from medtune_core.hashing import file_sha256
+from medtune_core.params import HttpUrl
 from tasks.artifacts import publish_markdown
 from tasks.base import medtune_task
 from tasks.caching import CONTENT_AWARE
@@ -45,7 +46,7 @@ class SafetyEvalOptions(BaseModel):
     batch_size: int = Field(8, ge=1, le=256)
     lexicon_config: str | None = Field(None, description="YAML/JSON file extending or replacing the lexicons.")
     judge_model: str | None = Field(None, description="Teacher judge model (OpenAI-compatible); none: lexicon only.")
-    judge_base_url: str | None = Field(None, description="Judge endpoint; default OPENAI_BASE_URL.")
+    judge_base_url: HttpUrl | None = Field(None, description="Judge endpoint; default OPENAI_BASE_URL.")
 
 
 @dataclass
