@@ -234,8 +234,10 @@ def _message(error: dict[str, Any], model: type[BaseModel] | None = None) -> tup
         keys = error.get("ctx", {}).get("keys") or []
         return (*loc, str(keys[0])) if len(keys) == 1 else loc, error["msg"]
     message = error["msg"].removeprefix("Value error, ")
-    if kind not in ("missing",) and "input" in error and not isinstance(error["input"], dict | list):
-        message += f" (got {_shown(repr(error['input']))})"
+    if kind != "missing" and "input" in error and not isinstance(error["input"], dict | list):
+        shown = _shown(repr(error["input"]))
+        if str(error["input"]) not in message:
+            message += f" (got {shown})"
     return loc, message
 
 
