@@ -1,10 +1,12 @@
-"""``medtune recall``: evaluate a model on a multiple-choice benchmark and compare two result files (seed 1 step 7)::
+"""``medtune recall``: evaluate a model on a multiple-choice benchmark and compare two result files::
 
     medtune recall evaluate --model out/train_eval/recalled-XXXX/merged --benchmark data/ceval --out recalled.json
     medtune recall evaluate -m embedded:smollm2-135m-instruct -b a.csv -b b.jsonl --method generation --limit 40
     medtune recall compare control.json recalled.json [--out comparison.md] [--chart comparison.png]
 
-``compare`` pairs the two files question by question and prints the McNemar exact p-value (overall and per subject).
+``compare`` pairs the two files question by question and prints the McNemar exact p-value (overall and per subject),
+or "not informative" when a model gives one letter for most questions. The work is the core's
+(:mod:`medtune_core.recall.benchmark_eval`, :mod:`medtune_core.recall.evaluate`).
 Heavy modules (torch, transformers) are imported inside the commands, so ``medtune --help`` stays fast.
 """
 
@@ -30,9 +32,13 @@ def evaluate(
     benchmark: Annotated[
         list[Path], typer.Option("--benchmark", "-b", help="Benchmark file or folder (repeat for several).")
     ],
-    method: Annotated[str, typer.Option(help="loglikelihood (base models) or generation (chat models).")] = (
-        "loglikelihood"
-    ),
+    method: Annotated[
+        str,
+        typer.Option(
+            help="loglikelihood (letters, one pass; base models), loglikelihood-text (option texts, length-normalised; "
+            "weak base models) or generation (chat models)."
+        ),
+    ] = "loglikelihood",
     out: Annotated[Path, typer.Option(help="Results JSON (per-question correctness).")] = Path("eval_results.json"),
     subject: Annotated[list[str] | None, typer.Option(help="Keep only this subject (repeatable).")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many questions, balanced across subjects.")] = None,
@@ -44,8 +50,8 @@ def evaluate(
     """Multiple-choice accuracy per subject with 95% bootstrap intervals; writes the results file."""
     from pydantic import ValidationError
 
+    from medtune_core.recall.benchmark_eval import RecallEvalOptions, evaluate_benchmark
     from medtune_core.recall.evaluate import accuracy_by_subject
-    from tasks.recall_eval import RecallEvalOptions, evaluate_benchmark
 
     try:
         options = RecallEvalOptions(
@@ -61,7 +67,11 @@ def evaluate(
     for r in accuracy_by_subject(results):
         ci = f"[{r['ci95_low']:.1%}, {r['ci95_high']:.1%}]"
         typer.echo(f"| {r['subject']} | {r['n']} | {r['accuracy']:.1%} | {ci} |")
-    typer.echo(f"{out}: {len(results.results)} questions, accuracy {results.accuracy:.1%} ({results.method})")
+    answers = ", ".join(f"{k} {v:.0%}" for k, v in results.letter_distribution().items())
+    n = len(results.results)
+    typer.echo(f"{out}: {n} questions, accuracy {results.accuracy:.1%} ({results.method}); answers: {answers}")
+    if results.degenerate():
+        typer.echo(f"not informative: {results.degenerate()}; try --method loglikelihood-text", err=True)
 
 
 @app.command()
@@ -94,4 +104,7 @@ def compare(
     if out is not None:
         atomic_write_text(out, markdown)
         atomic_write_text(out.with_suffix(".json"), json.dumps(asdict(comp), ensure_ascii=False, indent=1) + "\n")
-    typer.echo(json.dumps({"p_value": comp.p_value, "delta": round(comp.delta, 6), "n": comp.n}))
+    summary = {"p_value": round(comp.p_value, 6), "delta": round(comp.delta, 6), "n": comp.n}
+    if not comp.informative:
+        summary["not_informative"] = comp.not_informative
+    typer.echo(json.dumps(summary, ensure_ascii=False))

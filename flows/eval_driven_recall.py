@@ -191,7 +191,7 @@ def _sft_config(settings: TrainEvalSettings, base: Path, train: Manifest, run_di
 
 
 def train_and_evaluate(params: EvalDrivenRecallParams, train: Manifest, control: Manifest) -> dict[str, str]:
-    """Seed 1's last stage: SFT one base model on ``train`` and on ``control`` with identical settings, evaluate
+    """The last stage: SFT one base model on ``train`` and on ``control`` with identical settings, evaluate
     base / control / recalled on the benchmark, publish the comparison (markdown, table, bar chart)."""
     settings = params.train_eval
     run_dir = params.output_dir / "train_eval"

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.eval_driven_recall import SAMPLES, EvalDrivenRecallParams, eval_driven_recall
+from medtune_core.recall.benchmark_eval import balanced_subset
 from medtune_core.recall.evaluate import EvalResults, QuestionResult
-from tasks.recall_eval import TrainEvalSettings, balanced_subset
+from tasks.recall_eval import TrainEvalSettings
 
 runner = CliRunner()
 
@@ -115,7 +116,7 @@ def test_cli_compare_prints_the_known_mcnemar_p_value(tmp_path: Path) -> None:
     assert "(9 only recalled right, 1 only control right)" in result.output
     assert "| ALL | 20 | 35.0% | 75.0% | +40.0% | 0.02148 |" in result.output
     last = json.loads(result.output.strip().splitlines()[-1])
-    assert last == {"p_value": pytest.approx(22 / 1024), "delta": 0.4, "n": 20}
+    assert last == {"p_value": pytest.approx(22 / 1024, abs=1e-6), "delta": 0.4, "n": 20}
     assert json.loads((tmp_path / "cmp.json").read_text())["b_only"] == 9
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 

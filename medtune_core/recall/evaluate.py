@@ -14,10 +14,11 @@ tests the bookkeeping and :class:`HFCausalLM` runs a real model.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,13 +70,27 @@ class LoglikelihoodScorer(Protocol):
         """Sum of log-probabilities of each continuation given its context."""
 
 
+class ChoiceScorer(Protocol):
+    """A scorer that scores all options of one question at once (one pass over the shared context)."""
+
+    def choice_loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """The log-likelihood of each continuation after ``context``."""
+
+
 class ChatGenerator(Protocol):
     def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[str]:
         """A reply per conversation (greedy)."""
 
 
 class HFCausalLM:
-    """A transformers causal LM, both a :class:`LoglikelihoodScorer` and a :class:`ChatGenerator`, batched."""
+    """A transformers causal LM: a :class:`LoglikelihoodScorer`, a :class:`ChoiceScorer` and a
+    :class:`ChatGenerator`, with bounded memory.
+
+    Only the positions whose next token is scored get logits (``logits_to_keep`` with per-row positions), so memory
+    grows with the questions' options, never with ``sequence x vocabulary``. Options of one question share their
+    context: when they differ only in their last token (the letters " A" .. " D") one forward pass scores them all;
+    otherwise (option texts) the context runs once and its key/value cache is shared by the options' batch.
+    """
 
     def __init__(
         self,
@@ -103,45 +118,144 @@ class HFCausalLM:
             max_length,
             max_new_tokens,
         )
+        #: forward passes run (what the one-pass test counts)
+        self.forward_passes = 0
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+    # -- tokens ------------------------------------------------------------------------------------------------------
+    def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation token ids (lm-eval: a continuation's leading space belongs to it)."""
+        tok = self.tokenizer
+        n_space = len(context) - len(context.rstrip(" "))
+        context, continuation = context[: len(context) - n_space], " " * n_space + continuation
+        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+        if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+            return ctx, whole[len(ctx) :]
+        return ctx, tok(continuation, add_special_tokens=False)["input_ids"]
+
+    # -- bounded scoring -----------------------------------------------------------------------------------------------
+    def _score(self, seqs: Sequence[list[int]], targets: Sequence[list[tuple[int, list[int]]]]) -> list[list[Any]]:
+        """For row ``r`` and each ``(position, tokens)`` of ``targets[r]``: the log-probabilities of ``tokens`` as the
+        token after ``position``. One batched forward pass; logits only at the wanted positions."""
         import torch
 
-        tok = self.tokenizer
+        width = max(len(s) for s in seqs)
+        n_pos = max(len(t) for t in targets)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        keep = torch.zeros((len(seqs), n_pos), dtype=torch.long)
+        for r, (ids, want) in enumerate(zip(seqs, targets, strict=True)):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            mask[r, : len(ids)] = 1
+            positions = [p for p, _ in want]
+            keep[r] = torch.tensor(positions + [positions[-1]] * (n_pos - len(positions)))
+        with torch.no_grad():
+            self.forward_passes += 1
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=keep
+            ).logits
+            out = []
+            for r, want in enumerate(targets):
+                logp = torch.log_softmax(logits[r, : len(want)].float(), dim=-1).cpu()
+                out.append([logp[k, tokens] for k, (_, tokens) in enumerate(want)])
+        return out
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """Each continuation scored after its context, requests batched by length (one sequence per request)."""
         encoded = []
         for context, continuation in requests:
-            # lm-eval: a continuation's leading space belongs to it, not to the context
-            n_space = len(context) - len(context.rstrip(" "))
-            context, continuation = context[: len(context) - n_space], " " * n_space + continuation
-            ctx = tok(context, add_special_tokens=False)["input_ids"]
-            whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
-            cont = (
-                whole[len(ctx) :]
-                if whole[: len(ctx)] == ctx
-                else tok(continuation, add_special_tokens=False)["input_ids"]
-            )
+            ctx, cont = self._split(context, continuation)
             ids = (ctx + cont)[-self.max_length :]
             encoded.append((ids, len(cont)))
         out: list[float] = [0.0] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # similar lengths batch together
-        pad = tok.pad_token_id
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            width = max(len(encoded[i][0]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids = encoded[i][0]
-                input_ids[r, : len(ids)] = torch.tensor(ids)
-                mask[r, : len(ids)] = 1
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for r, i in enumerate(idx):
-                ids, n_cont = encoded[i]
-                pos = torch.arange(len(ids) - n_cont, len(ids))
-                out[i] = float(logp[r, pos - 1, torch.tensor(ids)[pos]].sum())
+            seqs = [encoded[i][0] for i in idx]
+            targets = [
+                [(len(ids) - n + j - 1, [ids[len(ids) - n + j]]) for j in range(n)]
+                for ids, n in (encoded[i] for i in idx)
+            ]
+            for i, scored in zip(idx, self._score(seqs, targets), strict=True):
+                out[i] = float(sum(float(t.sum()) for t in scored))
         return out
+
+    def choice_loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """Every option of one question after its shared context (see the class doc)."""
+        return self.choice_loglikelihoods_batch([(context, list(continuations))])[0]
+
+    def choice_loglikelihoods_batch(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        """Options of several questions: letter-like options (one last token apart) of a batch of questions share
+        one forward pass; other questions go through :meth:`_shared_prefix`."""
+        results: list[list[float] | None] = [None] * len(items)
+        one_pass: list[tuple[int, list[int], list[int], list[int]]] = []
+        for qi, (context, conts) in enumerate(items):
+            split = [self._split(context, c) for c in conts]
+            ctx = split[0][0]
+            tails = [c for _, c in split]
+            same_ctx = all(c == ctx for c, _ in split)
+            if same_ctx and len({len(t) for t in tails}) == 1 and len({tuple(t[:-1]) for t in tails}) == 1:
+                prefix = tails[0][:-1]
+                seq = (ctx + prefix)[-self.max_length :]
+                one_pass.append((qi, seq, prefix, [t[-1] for t in tails]))
+            else:
+                results[qi] = self._shared_prefix(split)
+        one_pass.sort(key=lambda x: -len(x[1]))
+        for b in range(0, len(one_pass), self.batch_size):
+            chunk = one_pass[b : b + self.batch_size]
+            targets = []
+            for _, seq, prefix, last in chunk:
+                start = len(seq) - len(prefix)
+                want = [(start + j - 1, [prefix[j]]) for j in range(len(prefix))]
+                targets.append([*want, (len(seq) - 1, last)])
+            for (qi, _, _, _), scored in zip(chunk, self._score([c[1] for c in chunk], targets), strict=True):
+                shared = float(sum(float(t.sum()) for t in scored[:-1]))
+                results[qi] = [shared + float(x) for x in scored[-1]]
+        return [r if r is not None else [] for r in results]
+
+    def _shared_prefix(self, split: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+        """Options whose token sequences differ in more than their last token: the context runs once (its last
+        position scores each option's first token) and its key/value cache serves the batch of option tails."""
+        import torch
+
+        ctx = split[0][0][-self.max_length :]
+        if any(c != split[0][0] for c, _ in split):  # the tokenizer merged context and option: score them apart
+            return self.loglikelihood([(self.tokenizer.decode(c), self.tokenizer.decode(t)) for c, t in split])
+        tails = [t for _, t in split]
+        with torch.no_grad():
+            self.forward_passes += 1
+            first = self.model(input_ids=torch.tensor([ctx], device=self.device), use_cache=True, logits_to_keep=1)
+            first_logp = torch.log_softmax(first.logits[0, -1].float(), dim=-1).cpu()
+            scores = [float(first_logp[t[0]]) for t in tails]
+            longest = max(len(t) for t in tails)
+            if longest > 1:
+                cache = getattr(first, "cache", None) or first.past_key_values
+                cache.batch_repeat_interleave(len(tails))
+                params = inspect.signature(self.model.forward).parameters
+                cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+                width = longest - 1
+                pad = self.tokenizer.pad_token_id
+                ids = torch.full((len(tails), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(tails), len(ctx) + width), dtype=torch.long)
+                mask[:, : len(ctx)] = 1
+                for r, t in enumerate(tails):
+                    ids[r, : len(t) - 1] = torch.tensor(t[:-1])
+                    mask[r, len(ctx) : len(ctx) + len(t) - 1] = 1
+                positions = torch.arange(len(ctx), len(ctx) + width).unsqueeze(0).expand(len(tails), -1)
+                self.forward_passes += 1
+                logits = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    use_cache=True,
+                    **{cache_arg: cache},
+                ).logits
+                for r, t in enumerate(tails):
+                    if len(t) > 1:
+                        logp = torch.log_softmax(logits[r, : len(t) - 1].float(), dim=-1).cpu()
+                        scores[r] += float(logp[torch.arange(len(t) - 1), torch.tensor(t[1:])].sum())
+        return scores
 
     def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[str]:
         import torch
@@ -177,6 +291,12 @@ class QuestionResult:
     reply: str | None = None
 
 
+#: A model that gives one letter for at least this share of the questions (well beyond that letter's share of the gold
+#: answers) measures nothing: a base model that answers "A" to everything scores the share of A answers. Its
+#: comparisons are marked "not informative".
+DEGENERATE_SHARE = 0.8
+
+
 @dataclass
 class EvalResults:
     model: str
@@ -188,11 +308,31 @@ class EvalResults:
     def accuracy(self) -> float:
         return float(np.mean([r.correct for r in self.results])) if self.results else 0.0
 
+    def letter_distribution(self) -> dict[str, float]:
+        """Share of the questions answered with each letter ("none" for a reply without one), largest first."""
+        counts = Counter(r.pred or "none" for r in self.results)
+        total = max(1, len(self.results))
+        return {k: round(v / total, 4) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+    def degenerate(self, share: float = DEGENERATE_SHARE) -> str | None:
+        """Why this model's answers measure nothing (one letter for most questions), or None."""
+        dist = self.letter_distribution()
+        if not dist:
+            return None
+        letter, top = next(iter(dist.items()))
+        gold = sum(r.gold == letter for r in self.results) / len(self.results)
+        if top >= share and top - gold >= 0.2:  # not merely following gold answers that are mostly one letter
+            what = "no letter" if letter == "none" else f'"{letter}"'
+            return f"{self.model or 'the model'} answers {what} to {top:.0%} of the questions"
+        return None
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         payload = {
             "model": self.model,
             "method": self.method,
-            "accuracy": self.accuracy,
+            "accuracy": round(self.accuracy, 6),
+            "predictions": self.letter_distribution(),
+            "degenerate": self.degenerate(),
             "meta": self.meta,
             "subjects": accuracy_by_subject(self),
             "results": [asdict(r) for r in self.results],
@@ -212,42 +352,66 @@ def _check(questions: Sequence[MultipleChoice]) -> None:
             raise MedtuneError(f"question {q.id}: no answer to grade against")
 
 
+def _progress(total: int, desc: str, show: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="question", disable=not show)
+
+
 def evaluate_loglikelihood(
     questions: Sequence[MultipleChoice],
-    scorer: LoglikelihoodScorer,
+    scorer: LoglikelihoodScorer | ChoiceScorer,
     *,
     continuation: str = "letter",
     normalize: bool = False,
     header: str = ZH_LOGLIK_HEADER,
     model_name: str = "",
+    chunk: int = 32,
+    show_progress: bool = False,
 ) -> EvalResults:
-    """Score every option of every question in one batched call; predict the most likely option."""
+    """Score every option of every question; predict the most likely option.
+
+    ``continuation="letter"`` scores " A" .. " D" after the prompt (needs a model that follows the format);
+    ``"text"`` scores each option's own text, which works for weak base models too, ``normalize`` dividing by its
+    length in characters (lm-eval's ``acc_norm``). Questions stream through the scorer ``chunk`` at a time with a
+    progress bar; a :class:`ChoiceScorer` scores a question's options from one pass over the shared context."""
     _check(questions)
     if continuation not in ("letter", "text"):
         raise MedtuneError("continuation must be 'letter' or 'text'")
-    requests, owners = [], []
-    for qi, q in enumerate(questions):
-        ctx = loglik_prompt(q, header)
-        for letter, text in q.options.items():
-            requests.append((ctx, f" {letter}" if continuation == "letter" else f" {text}"))
-            owners.append((qi, letter, len(text) if continuation == "text" else 1))
-    lls = scorer.loglikelihood(requests)
-    per_q: list[dict[str, float]] = [{} for _ in questions]
-    for (qi, letter, length), ll in zip(owners, lls, strict=True):
-        per_q[qi][letter] = ll / max(length, 1) if normalize else ll
+    batch_choices = getattr(scorer, "choice_loglikelihoods_batch", None)
     results = []
-    for q, scores in zip(questions, per_q, strict=True):
-        pred = max(scores, key=lambda k: (scores[k], -ord(k)))
-        results.append(
-            QuestionResult(
-                q.id or "",
-                q.subject or "unknown",
-                q.answer or "",
-                pred,
-                pred == q.answer,
-                {k: round(v, 6) for k, v in scores.items()},
-            )
-        )
+    with _progress(len(questions), f"evaluating {model_name}".strip(), show_progress) as bar:
+        for start in range(0, len(questions), chunk):
+            part = questions[start : start + chunk]
+            items = []
+            for q in part:
+                conts = [f" {k}" if continuation == "letter" else f" {v}" for k, v in q.options.items()]
+                items.append((loglik_prompt(q, header), conts))
+            if batch_choices is not None:
+                lls = batch_choices(items)
+            else:  # a plain scorer: one request per option
+                flat = scorer.loglikelihood([(ctx, c) for ctx, conts in items for c in conts])  # type: ignore[union-attr]
+                lls, pos = [], 0
+                for _, conts in items:
+                    lls.append(flat[pos : pos + len(conts)])
+                    pos += len(conts)
+            for q, ll in zip(part, lls, strict=True):
+                scores = {}
+                for (letter, text), value in zip(q.options.items(), ll, strict=True):
+                    length = len(text) if continuation == "text" else 1
+                    scores[letter] = value / max(length, 1) if normalize else value
+                pred = max(scores, key=lambda k: (scores[k], -ord(k)))
+                results.append(
+                    QuestionResult(
+                        q.id or "",
+                        q.subject or "unknown",
+                        q.answer or "",
+                        pred,
+                        pred == q.answer,
+                        {k: round(v, 6) for k, v in scores.items()},
+                    )
+                )
+            bar.update(len(part))
     return EvalResults(model_name, f"loglikelihood-{continuation}" + ("-norm" if normalize else ""), results)
 
 
@@ -257,20 +421,28 @@ def evaluate_generation(
     *,
     template: MCQPromptTemplate = ZH_MCQ_TEMPLATE,
     model_name: str = "",
+    chunk: int = 32,
+    show_progress: bool = False,
 ) -> EvalResults:
-    """Ask each question through the chat template and parse the answer letter from the reply."""
+    """Ask each question through the chat template and parse the answer letter from the reply (streamed in chunks,
+    with a progress bar)."""
     _check(questions)
-    convs = []
-    for q in questions:
-        conv = [{"role": "system", "content": template.system}] if template.system else []
-        convs.append([*conv, {"role": "user", "content": template.user(q)}])
-    replies = generator.generate(convs)
     results = []
-    for q, reply in zip(questions, replies, strict=True):
-        pred = parse_answer(reply, list(q.options))
-        results.append(
-            QuestionResult(q.id or "", q.subject or "unknown", q.answer or "", pred, pred == q.answer, reply=reply)
-        )
+    with _progress(len(questions), f"evaluating {model_name}".strip(), show_progress) as bar:
+        for start in range(0, len(questions), chunk):
+            part = questions[start : start + chunk]
+            convs = []
+            for q in part:
+                conv = [{"role": "system", "content": template.system}] if template.system else []
+                convs.append([*conv, {"role": "user", "content": template.user(q)}])
+            for q, reply in zip(part, generator.generate(convs), strict=True):
+                pred = parse_answer(reply, list(q.options))
+                results.append(
+                    QuestionResult(
+                        q.id or "", q.subject or "unknown", q.answer or "", pred, pred == q.answer, reply=reply
+                    )
+                )
+            bar.update(len(part))
     return EvalResults(model_name, "generation", results)
 
 
@@ -330,10 +502,16 @@ class Comparison:
     p_value: float
     subjects: list[dict[str, Any]]
     missing: int = 0  # questions present in only one file
+    #: why the comparison measures nothing (a model gives one letter for most questions), or None
+    not_informative: str | None = None
 
     @property
     def delta(self) -> float:
         return self.accuracy_b - self.accuracy_a
+
+    @property
+    def informative(self) -> bool:
+        return self.not_informative is None
 
 
 def compare_results(
@@ -378,10 +556,19 @@ def compare_results(
         mcnemar_exact(total["a_only"], total["b_only"]),
         [*rows, total],
         missing,
+        "; ".join(r for r in (a.degenerate(), b.degenerate()) if r) or None,
     )
 
 
 def comparison_markdown(comp: Comparison) -> str:
+    if not comp.informative:
+        verdict = (
+            f"**{comp.name_b}** vs **{comp.name_a}** on {comp.n} paired questions: **not informative** — "
+            f"{comp.not_informative}, so its accuracy is the share of that letter among the answers, and the "
+            f"difference ({comp.accuracy_b:.1%} vs {comp.accuracy_a:.1%}) says nothing about what either model "
+            "knows. Score the option texts instead (method loglikelihood-text) or use a stronger base model."
+        )
+        return verdict + "\n"
     lines = [
         f"**{comp.name_b}** vs **{comp.name_a}** on {comp.n} paired questions: "
         f"{comp.accuracy_b:.1%} vs {comp.accuracy_a:.1%} (Δ {comp.delta:+.1%}), "
