@@ -41,7 +41,7 @@ from medtune_core.synthesis import (
     recommended_size,
     write_summary,
 )
-from medtune_core.synthesis.llm_mode import run_record
+from medtune_core.synthesis.llm_mode import remaining, run_record
 from medtune_core.synthesis.run import AgentReport, batch_progress
 from medtune_core.synthesis.schedule import Batch, BatchSchedule
 from medtune_core.synthesis.templates import template_fingerprint
@@ -271,7 +271,7 @@ def data_synthesis(params: DataSynthesisParams) -> dict[str, str]:
         if result["manifest"] is not None:
             outputs[f"{name}.{source}"] = result["manifest"].path
         reports.append(AgentReport(**result["report"]))
-    run["remaining"] = {f"{r.agent}.{r.source}": int(r.extra.get("missing", 0)) for r in reports}
+    run.update(remaining(reports))
     summary = write_summary(
         root, reports, {**params.model_dump(mode="json", exclude={"api_key_block"}), "seed": seed}, run
     )

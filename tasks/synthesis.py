@@ -60,7 +60,7 @@ def seed_batch_task(
     (``vocabulary``: extra vocabulary files; ``template_version`` hashes them, so edits regenerate the batch)."""
     result = seed_batch(agent, seed, start, count, vocabulary or ())
     path = save_batch(batch_path(output_dir, "seed", agent, start, count), result)
-    return batch_manifest(path, result, {"agent": agent, "template": template_version})
+    return batch_manifest(path, result, {"agent": agent, "start": start, "count": count, "template": template_version})
 
 
 def client_config(endpoint: LLMEndpoint, budget: float | None = None) -> Any:

@@ -192,6 +192,8 @@ def test_budget_stops_and_a_higher_cap_resumes_without_resending(tmp_path: Path)
         assert summary["run"]["paid_requests"] == server.total and summary["run"]["remaining"] == {
             "drug.llm": first.missing["drug"]
         }
+        ranges = summary["run"]["remaining_indices"]["drug.llm"]  # exactly the samples a rerun has to make
+        assert sum(end - start for start, end in ranges) == first.missing["drug"] and ranges[-1][1] == 20
         sent_before = server.total
         second = run_llm_mode(
             tmp_path / "o", config(server, tmp_path, budget=1000.0), ["drug"], 20, seed=1, batch_size=10

@@ -251,6 +251,8 @@ def llm_batch(
     path = save_batch(batch_path(output_dir, "llm", agent, start, count), outcome.result)
     extra = {
         "agent": agent,
+        "start": start,
+        "count": count,
         "input_tokens": outcome.input_tokens,
         "output_tokens": outcome.output_tokens,
         "cost": outcome.cost,
@@ -344,6 +346,16 @@ def run_llm_mode(
     return LLMRunReport(reports, schedule.stopped is not None, missing, spent, currency, summary)
 
 
+def remaining(reports: Sequence[AgentReport]) -> dict[str, dict[str, Any]]:
+    """The work a rerun has to do: samples still missing per agent and source, and their index ranges."""
+    return {
+        "remaining": {f"{r.agent}.{r.source}": int(r.extra.get("missing", 0)) for r in reports},
+        "remaining_indices": {
+            f"{r.agent}.{r.source}": r.extra["missing_ranges"] for r in reports if r.extra.get("missing_ranges")
+        },
+    }
+
+
 def run_record(ledger: CostLedger, reports: Sequence[AgentReport], stopped: str | None) -> dict[str, Any]:
     """How a run ended, for its summary: every paid request (also those of a batch the budget stopped), the samples
     still missing per agent and source (a rerun sends only those), and why it stopped."""
@@ -354,6 +366,6 @@ def run_record(ledger: CostLedger, reports: Sequence[AgentReport], stopped: str 
         "cost": paid["cost"],
         "prompt_tokens": paid["prompt_tokens"],
         "completion_tokens": paid["completion_tokens"],
-        "remaining": {f"{r.agent}.{r.source}": int(r.extra.get("missing", 0)) for r in reports},
+        **remaining(reports),
         "stopped": stopped,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from medtune_core.synthesis.templates import template_batch
 
 SUMMARY_NAME = "synthesis_manifest.json"
 #: Facts of an agent's ``extra`` that its report carries (tokens and cost become fields of their own).
-REPORT_EXTRA = ("input_tokens", "output_tokens", "cost", "currency", "complete", "missing")
+REPORT_EXTRA = ("input_tokens", "output_tokens", "cost", "currency", "complete", "missing", "missing_ranges")
 DEFAULT_BATCH_SIZE = 250
 
 
@@ -87,9 +87,31 @@ def batch_manifest(path: Path, result: PostprocessResult, extra: dict[str, Any])
 
 
 def batch_progress(planned: int, batches: Sequence[Manifest]) -> dict[str, Any]:
-    """What an agent's batches cover of the ``planned`` samples: answered (accepted or rejected) and missing."""
+    """What an agent's batches cover of the ``planned`` samples: answered (accepted or rejected), missing, and the
+    index ranges still missing (``[[start, end), ...]``: exactly what a rerun has to do), where the batches say
+    which indices they hold (``start``, ``count`` and ``missing`` in their ``extra``)."""
     done = sum(m.rows + int(m.extra.get("rejected", 0)) for m in batches)
-    return {"planned": planned, "complete": done >= planned, "missing": max(0, planned - done)}
+    out: dict[str, Any] = {"planned": planned, "complete": done >= planned, "missing": max(0, planned - done)}
+    if all("start" in m.extra for m in batches):
+        covered = [False] * planned
+        for m in batches:
+            start, count = int(m.extra["start"]), int(m.extra["count"])
+            for i in range(start, min(start + count, planned)):
+                covered[i] = True
+            for i in m.extra.get("missing", []):
+                covered[i] = False
+        out["missing_ranges"] = _ranges(i for i, c in enumerate(covered) if not c)
+    return out
+
+
+def _ranges(indices: Iterable[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
 
 
 def load_batch(path: str | os.PathLike[str]) -> PostprocessResult:
