@@ -6,7 +6,8 @@ into the running table, so memory holds one shard and a ``(questions, k)`` table
 - ``similarity_threshold``: a question keeps only rows scoring at least this;
 - ``max_similarity`` (leakage guard): a row scoring more than this against ANY view of ANY question (the question,
   the question with its options, the question with its answer; see ``GUARD_VIEWS``) is dropped everywhere (also from
-  the random mix and the control). The guard is an exact range search per shard, so no copy hides beyond the top-k;
+  the random mix and the control). All views are searched in one pass per shard; a view whose ``k`` best rows are all
+  above the guard gets an exact range search, so no copy hides beyond the top-k;
 - ``max_questions_per_row`` (diversity): pairs are assigned best score first, a question taking at most ``top_k``
   rows and a row serving at most this many questions; a generic row that is "the answer" to hundreds of questions
   gives its places to each question's next rows (``2 * top_k`` are searched for that);
@@ -120,27 +121,26 @@ def search_store(
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or (len(store) and q.shape[1] != store.dim):
         raise MedtuneError(f"query vectors of shape {q.shape} do not match the store's dimension {store.dim}")
-    views = [q, *(np.ascontiguousarray(g, dtype=np.float32) for g in guard_queries)]
-    if any(v.shape != q.shape for v in views):
+    extra = [np.ascontiguousarray(g, dtype=np.float32) for g in guard_queries]
+    if any(v.shape != q.shape for v in extra):
         raise MedtuneError("every guard view must have one vector per question, like the queries")
+    extra = [v for v in extra if not np.array_equal(v, q)]  # the recall view is searched anyway
     old_block = faiss.cvar.distance_compute_blas_database_bs
     faiss.cvar.distance_compute_blas_database_bs = config.blas_block
     try:
-        return _search_store(q, np.concatenate(views), store, config, k or config.top_k)
+        return _search_store(np.concatenate([q, *extra]), len(q), store, config, k or config.top_k)
     finally:
         faiss.cvar.distance_compute_blas_database_bs = old_block
 
 
 def _search_store(
-    q: np.ndarray, guard_q: np.ndarray, store: VectorStore, config: RecallConfig, k: int
+    q: np.ndarray, nq: int, store: VectorStore, config: RecallConfig, k: int
 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, int]]]:
+    """One top-k search of every view per shard (one GEMM); the first ``nq`` rows of ``q`` are the recall view."""
     import faiss
 
-    nq = len(q)
-    best_d = np.full((nq, 0), -np.inf, dtype=np.float32)
-    best_i = np.full((nq, 0), -1, dtype=np.int64)
-    leaks: dict[int, tuple[float, int]] = {}
-    guard = config.max_similarity
+    best_d = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.full((len(q), 0), -1, dtype=np.int64)
     for offset, shard, vecs in store.iter_shards():
         if shard.rows == 0:
             continue
@@ -149,20 +149,31 @@ def _search_store(
         d, i = index.search(q, min(k, shard.rows))
         i = np.where(i >= 0, i + offset, -1).astype(np.int64)
         best_d, best_i = _merge_topk(best_d, best_i, np.minimum(d, 1.0), i, k)
-        if guard is not None and guard < 1.0:
-            flat = index if isinstance(index, faiss.IndexFlatIP) else faiss.IndexFlatIP(store.dim)
-            if flat is not index:
-                flat.add(x)
-            lims, dist, idx = flat.range_search(guard_q, float(guard))
-            for j in np.nonzero(np.diff(lims))[0].tolist():
-                for s, r in zip(dist[lims[j] : lims[j + 1]].tolist(), idx[lims[j] : lims[j + 1]].tolist(), strict=True):
-                    _note_leak(leaks, int(r) + offset, min(float(s), 1.0), j % nq)
         del index, x
     if best_d.shape[1] < k:  # pool smaller than k: pad
         pad = k - best_d.shape[1]
-        best_d = np.concatenate([best_d, np.full((nq, pad), -np.inf, np.float32)], axis=1)
-        best_i = np.concatenate([best_i, np.full((nq, pad), -1, np.int64)], axis=1)
-    return best_d, best_i, leaks
+        best_d = np.concatenate([best_d, np.full((len(q), pad), -np.inf, np.float32)], axis=1)
+        best_i = np.concatenate([best_i, np.full((len(q), pad), -1, np.int64)], axis=1)
+    leaks: dict[int, tuple[float, int]] = {}
+    guard = config.max_similarity
+    if guard is not None:
+        qs, cols = np.nonzero((best_d > guard) & (best_i >= 0))
+        for qi, c in zip(qs.tolist(), cols.tolist(), strict=True):
+            _note_leak(leaks, int(best_i[qi, c]), float(best_d[qi, c]), qi % nq)
+        saturated = np.nonzero(best_d[:, -1] > guard)[0]  # all k above the guard: more may hide beyond k
+        if len(saturated):
+            for offset, shard, vecs in store.iter_shards():
+                if shard.rows == 0:
+                    continue
+                flat = faiss.IndexFlatIP(store.dim)
+                flat.add(np.ascontiguousarray(vecs, dtype=np.float32))
+                lims, dist, idx = flat.range_search(q[saturated], float(guard))
+                for j, qi in enumerate(saturated.tolist()):
+                    for s, r in zip(
+                        dist[lims[j] : lims[j + 1]].tolist(), idx[lims[j] : lims[j + 1]].tolist(), strict=True
+                    ):
+                        _note_leak(leaks, int(r) + offset, min(float(s), 1.0), qi % nq)
+    return best_d[:nq], best_i[:nq], leaks
 
 
 def _note_leak(leaks: dict[int, tuple[float, int]], row: int, score: float, qi: int) -> None:
