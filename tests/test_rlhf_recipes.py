@@ -1,5 +1,5 @@
 """Every shipped recipe runs through ``medtune run rlhf-training --config RECIPE`` with tiny overrides (the tiny
-model, one step a stage), RM -> RLOO included; an RL stage uses an existing reward model by path; a stage trains
+model, one step a stage), RM -> RLOO included; RLOO and GRPO use an existing reward model by path; a stage trains
 with its own chat template file. One recipe runs as a user runs it (a subprocess); the others go through the same
 recipe + ``--set`` parsing in this process, under the Prefect test harness."""
 
@@ -107,31 +107,30 @@ def test_sft_rm_rloo_through_medtune_run_then_rloo_with_that_reward_model_by_pat
     rloo = json.loads((out / "3-rloo" / "metrics.json").read_text())
     assert set(rloo["reward_components"]) == {"reward_model", "rules"}
 
-    # an RLOO-only run with the trained reward model by path, on a stage with its own chat template file
+    # RLOO and GRPO with the trained reward model by path (no rm stage in this run), on stages with their own
+    # chat template file
     template = out / "1-sft" / "merged" / "chat_template.jinja"
     rm_path = str(out / "2-rm" / "merged")
+    settings = {
+        **{k: v for k, v in TINY_STAGE.items() if k != "report_to"},
+        **TINY_RL,
+        "report_to": [],
+        "chat_template": str(template),
+        "rewards": [{"name": "reward_model", "options": {"path": rm_path}}],
+    }
+    prompts = [REPO / "medtune_core" / "samples" / "sft_sharegpt_zh.jsonl"]
     params = RLHFTrainingParams(
         base_model=str(out / "1-sft" / "merged"),
         output_dir=tmp_path / "by-path",
         device="cpu",
         safety_eval=False,
-        stages=[
-            StageSpec(
-                stage="rloo",
-                train_files=[REPO / "medtune_core" / "samples" / "sft_sharegpt_zh.jsonl"],
-                settings={
-                    **{k: v for k, v in TINY_STAGE.items() if k != "report_to"},
-                    **TINY_RL,
-                    "report_to": [],
-                    "chat_template": str(template),
-                    "rewards": [{"name": "reward_model", "options": {"path": rm_path}}],
-                },
-            )
-        ],
+        stages=[StageSpec(stage=s, train_files=prompts, settings=settings) for s in ("rloo", "grpo")],
     )
     flow_obj, _ = load_flow("rlhf-training")
     state = flow_obj(params, return_state=True)
     assert state.is_completed(), state.message
-    metrics = json.loads((tmp_path / "by-path" / "1-rloo" / "metrics.json").read_text())
-    assert metrics["reward_components"]["reward_model"]["samples"] > 0
-    assert (tmp_path / "by-path" / "1-rloo" / "merged" / "config.json").is_file()
+    for key in ("1-rloo", "2-grpo"):
+        metrics = json.loads((tmp_path / "by-path" / key / "metrics.json").read_text())
+        assert metrics["reward_components"]["reward_model"]["samples"] > 0, key
+        assert (tmp_path / "by-path" / key / "merged" / "config.json").is_file()
+    assert (tmp_path / "by-path" / "2-grpo" / "merged" / "chat_template.jinja").read_text() == template.read_text()

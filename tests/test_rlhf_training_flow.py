@@ -155,3 +155,9 @@ def test_a_changed_input_always_changes_the_model(prefect_harness: None, tmp_pat
     assert _mtime(sft_dir / "metrics.json") == sft_stamp and _mtime(dpo_dir / "metrics.json") != dpo_stamp
     metrics = (dpo_dir / "metrics.json").read_text()
     assert '"device": "cpu (float32)"' in metrics
+
+    # a whole stage folder deleted: the stage comes back (retrained), not a cached result naming nothing
+    shutil.rmtree(dpo_dir)
+    back, _ = _run(flow_obj, params(sft_lr=5e-4))
+    assert (dpo_dir / "merged" / "config.json").is_file() and Path(back["model"]) == model
+    assert _mtime(sft_dir / "metrics.json") == sft_stamp

@@ -38,6 +38,8 @@ SUPERSEDED = "superseded"
 NOT_IDENTITY = frozenset(
     {"output_dir", "resume", "report_to", "save_steps", "save_total_limit", "logging_steps", "judgements_path"}
 )
+#: Settings that name files or folders: they enter the identity by content only.
+BY_CONTENT = frozenset({"model", "train_files", "eval_files", "reward_model"})
 #: What stays in place when a stage's state is moved aside: caches keyed by their own content, the state itself.
 KEEP = frozenset({SUPERSEDED, "teacher_judgements.jsonl", STATE_FILE})
 
@@ -72,7 +74,8 @@ def _file_inputs(config: StageConfig) -> dict[str, Any]:
 
 def stage_identity(config: StageConfig, model_path: str | Path, adapter: str | Path | None = None) -> str:
     """The hash of the stage's resolved config, its input files' contents and its base model's contents."""
-    settings = config.model_dump(mode="json", exclude=set(NOT_IDENTITY))
+    # files count by content (below), not by where they are: moved data or a moved base model is the same stage
+    settings = config.model_dump(mode="json", exclude=set(NOT_IDENTITY | BY_CONTENT))
     settings["model"] = content(model_path)
     payload = {
         "stage": config.stage,

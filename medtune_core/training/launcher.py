@@ -100,13 +100,18 @@ def run_streaming(argv: Sequence[str], *, prefix: str, env: dict[str, str] | Non
         raise MedtuneError(f"{prefix}: `{' '.join(argv)}` exited with code {code}; last output:\n{last}")
 
 
-def launch_stage(name: str, config: StageConfig, *, adapter: str | Path | None = None) -> StageResult:
-    """Train stage ``name`` in a launched subprocess group (see :mod:`.launch`); its :class:`StageResult`."""
+def check_launch(config: StageConfig) -> None:
+    """Everything a launch needs that can be checked before anything is written or started."""
     check_launch_hardware(config)
     if config.deepspeed:
         deepspeed_config_path(config.deepspeed)  # fail here, not in every process
         if importlib.util.find_spec("deepspeed") is None:
-            raise MedtuneError(f"{name}: deepspeed needs the deepspeed package (pip install 'medtune[gpu]')")
+            raise MedtuneError(f"{config.stage}: deepspeed needs the deepspeed package (pip install 'medtune[gpu]')")
+
+
+def launch_stage(name: str, config: StageConfig, *, adapter: str | Path | None = None) -> StageResult:
+    """Train stage ``name`` in a launched subprocess group (see :mod:`.launch`); its :class:`StageResult`."""
+    check_launch(config)
     out = Path(config.output_dir).resolve()
     spec = out / "launch" / "stage.json"
     spec.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from medtune_core.training.config import (
 )
 from medtune_core.training.data import load_rows, to_dataset
 from medtune_core.training.identity import StageState, stage_identity
-from medtune_core.training.launcher import launch_stage
+from medtune_core.training.launcher import check_launch, launch_stage
 from medtune_core.training.metrics import reward_signal
 from medtune_core.training.preflight import check_stage_inputs
 from medtune_core.training.runner import (
@@ -511,8 +511,10 @@ class Stage:
         """
         cfg = self._config(config)
         check_stage_inputs(cfg, adapter=adapter)
-        if cfg.launcher is not Launcher.INPROCESS and (callbacks or extra):
-            raise MedtuneError(f"{self.name}: callbacks and builder extras cannot cross to launched processes")
+        if cfg.launcher is not Launcher.INPROCESS:
+            if callbacks or extra:
+                raise MedtuneError(f"{self.name}: callbacks and builder extras cannot cross to launched processes")
+            check_launch(cfg)
         identity = stage_identity(cfg, resolve_model_ref(cfg.model), adapter)
         state = StageState(cfg.output_dir)
         result = None if force or extra.get("reward_funcs") else state.finished(identity)
