@@ -166,28 +166,53 @@ class DiagnosisAgent(Agent):
                 f"主要表现为{shown}，病程{dur}，{join_zh(inp['symptom_details'], '；')}，",
             ],
         )
-        vit = pick(rng, [f"查体{vitals}，", f"生命体征：{vitals}，"])
+        vit = pick(rng, [f"查体{vitals}，", f"生命体征：{vitals}，", f"测得{vitals}，"])
+        level = V.SEVERITY_LEVELS[inp["severity"]]
+        vit += pick(rng, ["", f"自评症状{level}，", f"目前症状程度为{level}，"])
         verdict = pick(
             rng,
             [
                 f"符合{d.name}的典型表现。",
                 f"首先考虑{d.name}。",
                 f"临床表现与{d.name}最为吻合。",
+                f"综合分析，{d.name}可能性最大。",
+                f"初步判断为{d.name}，需进一步检查证实。",
             ],
         )
         reasoning = opening + core + vit + verdict + pick(rng, [d.overview + "。", ""])
+        if inp["history"]:
+            reasoning += pick(
+                rng,
+                [
+                    f"既往{join_zh(inp['history'])}，诊疗时需一并考虑。",
+                    f"合并{join_zh(inp['history'])}，用药和检查需兼顾。",
+                    "",
+                ],
+            )
         if inp["current_drugs"]:
-            reasoning += f"目前服用{join_zh(inp['current_drugs'])}，用药调整需咨询医生。"
+            reasoning += pick(
+                rng,
+                [
+                    f"目前服用{join_zh(inp['current_drugs'])}，用药调整需咨询医生。",
+                    f"正在使用{join_zh(inp['current_drugs'])}，就诊时请告知医生。",
+                ],
+            )
         vocab = V.current()
         sex, history = inp["sex"], inp["history"]
         diffs = [
-            (x.name, x.reason)
+            (
+                x.name,
+                pick(rng, ["{r}", "鉴别要点：{r}", "{r}，可据此与{d}区分", "与{d}不同，{r}"]).format(
+                    r=x.reason, d=d.name
+                ),
+            )
             for x in pick_some(
                 rng, [x for x in d.differentials if vocab.condition_sex.get(x.name) in (None, sex)], 2, 3
             )
         ]
         flags = pick_some(rng, red_flags_for(d, history, sex), 2, 4)
-        advice = pick_some(rng, fitting(d.self_care, sex, history), 1, 3)
+        advice = pick_some(rng, fitting(d.self_care, sex, history), 1, 3) + pick_some(rng, V.GENERAL_ADVICE, 0, 1)
+        rng.shuffle(advice)
         advice.append(
             pick(
                 rng,
@@ -195,6 +220,7 @@ class DiagnosisAgent(Agent):
                     f"建议到{d.department}就诊，完善{d.tests[0]}等检查",
                     f"尽早到{d.department}门诊明确诊断",
                     f"如症状持续或加重，请到{d.department}就诊",
+                    f"{pick(rng, ['尽快', '近期', '及时'])}到{d.department}就诊，遵医嘱完善检查",
                 ],
             )
         )
@@ -204,6 +230,8 @@ class DiagnosisAgent(Agent):
                 "以上为根据描述作出的初步判断，不能替代医生面诊，请以医院检查结果为准。",
                 "线上分析仅供参考，确诊需由医生面诊并结合检查结果。",
                 "本建议不能代替医生诊断，如有不适请及时就医。",
+                "以上内容基于您提供的信息，仅供参考，最终诊断请以医生面诊为准。",
+                "网上问诊无法进行体格检查，请尽快到医院由医生面诊确认。",
             ],
         )
         return DiagnosisOutput(
