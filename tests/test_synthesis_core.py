@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,10 +29,12 @@ from medtune_core.synthesis import (
     run_seed_mode,
     validate_answer,
 )
+from medtune_core.synthesis import vocab as V
 from medtune_core.synthesis.agents.critic import BANDS
-from medtune_core.synthesis.base import canonical_json
-from medtune_core.synthesis.postprocess import dedup_text, shingles
+from medtune_core.synthesis.base import TEMPLATE_VERSION, canonical_json
+from medtune_core.synthesis.postprocess import DuplicateIndex, dedup_text, minhash, shingles
 from medtune_core.synthesis.run import batch_ranges, finalize_agent, load_batch, save_batch, seed_batch
+from medtune_core.synthesis.templates import template_fingerprint
 
 AGENTS = ["preprocess", "critic", "check_rag", "diagnosis", "drug"]
 CJK = ("\u4e00", "\u9fff")
@@ -78,8 +82,6 @@ def test_every_critic_band_is_covered(thousand: dict[str, list[Sample]]) -> None
 
 
 def test_drug_advice_respects_contraindications(thousand: dict[str, list[Sample]]) -> None:
-    from medtune_core.synthesis import vocab as V
-
     avoided = 0
     for s in thousand["drug"]:
         assert "遵医嘱" in json.dumps(s.output, ensure_ascii=False)
@@ -173,8 +175,6 @@ def test_minhash_shortcuts_give_datasketch_default_values() -> None:
     so dedup decisions and estimated similarities are the same as before."""
     from datasketch import MinHash
 
-    from medtune_core.synthesis.postprocess import DuplicateIndex, dedup_text, minhash, shingles
-
     samples = generate_seed_samples("drug", 30, seed=3) + generate_seed_samples("critic", 30, seed=3)
     index = DuplicateIndex(DedupConfig(num_perm=64, ngram=4))
     for s in samples:
@@ -262,13 +262,6 @@ def test_cost_estimate_scales_with_samples() -> None:
 
 
 def test_template_fingerprint_follows_each_agents_source() -> None:
-    import inspect
-    import sys
-
-    from medtune_core.synthesis.base import TEMPLATE_VERSION
-    from medtune_core.synthesis.registry import get_agent
-    from medtune_core.synthesis.templates import template_fingerprint
-
     prints = {name: template_fingerprint(name) for name in ("drug", "critic", "diagnosis")}
     assert len(set(prints.values())) == 3 and all(p.startswith(f"{TEMPLATE_VERSION}-") for p in prints.values())
     assert template_fingerprint("drug") == prints["drug"]
