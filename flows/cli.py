@@ -195,7 +195,7 @@ def _report_cancelled(flow_name: str, cancel: Any, timed_out: bool = False) -> N
     from flows.interrupt import exit_code, leave_now, mark_cancelled
 
     signum = cancel.signum or signals.SIGINT
-    if not _REPORTING.acquire(timeout=1.5 if timed_out else -1):
+    if not _REPORTING.acquire(timeout=3.0 if timed_out else -1):
         leave_now(exit_code(signum))  # the other path is reporting and stuck: leave anyway
     reason = f"cancelled by {signals.Signals(signum).name}"
     state = "CANCELLED"
@@ -212,7 +212,7 @@ def _report_cancelled(flow_name: str, cancel: Any, timed_out: bool = False) -> N
 
         marking = threading.Thread(target=mark, daemon=True)
         marking.start()
-        marking.join(timeout=2.0 if timed_out else 30.0)
+        marking.join(timeout=2.0 if timed_out else 3.0)  # the summary line is due within seconds of the signal
         state = marked[0] if marked else state
     run_id = str(cancel.flow_run_id) if cancel.flow_run_id else None
     _print_summary(flow_name, run_id, state, {}, reason)
