@@ -48,3 +48,14 @@ def test_run_rejects_bad_parameters_before_running(tmp_path: Path) -> None:
     assert "policy: Input should be 'strict' or 'skip'" in result.stderr
     result = _medtune("run", "no-such-flow", cwd=tmp_path)
     assert result.returncode == 2 and "unknown flow 'no-such-flow'" in result.stderr
+
+
+def test_a_failed_run_exits_1_with_the_summary_line(tmp_path: Path) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"conversations": [{"from": "human"}]}\n', encoding="utf-8")
+    result = _medtune(
+        "run", "prepare-data", "--set", f"inputs=[{src}]", "--set", f"output_dir={tmp_path / 'o'}", cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["state"] == "FAILED" and "bad.jsonl:1" in summary["error"], summary
