@@ -86,3 +86,21 @@ def test_serve_without_a_server_says_what_to_start(tmp_path: Path) -> None:
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "medtune serve needs a running Prefect server" in out.stderr and "PREFECT_API_URL=" in out.stderr
+
+
+def test_placement_on_a_server_without_the_cuda_deployment(prefect_harness: None) -> None:
+    """``medtune run`` (an ephemeral server, no deployments): auto and cpu train here, cuda-pool refuses at once."""
+    from prefect import flow
+
+    from medtune_core.errors import MedtuneError
+    from tasks.dispatch import choose_placement
+
+    @flow
+    def decide(device: str) -> tuple[str | None, str]:
+        placement = choose_placement(device, "train-stage/missing")
+        return placement.deployment, placement.reason
+
+    assert decide("auto") == (None, "device=auto: no deployment train-stage/missing; training here")
+    assert decide("cpu")[0] is None
+    with pytest.raises(MedtuneError, match="no deployment train-stage/missing"):
+        decide("cuda-pool")
