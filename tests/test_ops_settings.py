@@ -43,7 +43,10 @@ def test_deploy_writes_storage_and_heartbeats_into_every_deployment(monkeypatch:
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     monkeypatch.delenv("MEDTUNE_CRASH_AFTER_S", raising=False)
     spec = deployment_file(PREFECT_FILE, deployment_env())
-    assert spec["pull"] == [{"tasks.prefect_env.enter_shared_location": {"checkout": "{{ $MEDTUNE_CHECKOUT }}"}}]
+    assert spec["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $MEDTUNE_CHECKOUT }}"}},
+        {"tasks.prefect_env.enter_shared_location": {"checkout": "{{ $MEDTUNE_CHECKOUT }}"}},
+    ]
     for deployment in spec["deployments"]:
         env = deployment["work_pool"]["job_variables"]["env"]
         assert env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] == "s3-bucket/medtune-results", deployment["name"]
