@@ -3,7 +3,7 @@
 The files are written for clinicians to review (one entry per disease, drug, history, …); every cross-reference
 between them is checked when they are loaded — a drug's contraindication names an existing history or state, a
 disease's department exists, its drugs are in the formulary, its differentials are known conditions — and a
-problem is reported as ``file:section[entry].field: what is wrong``.
+problem is reported as ``file:line: section[entry].field: what is wrong``.
 
 A hospital can bring its own entries (its formulary, its departments): :func:`load_vocabulary` reads the built-in
 files, then each extra file (or every ``*.yaml`` / ``*.json`` of an extra folder) in order. An entry with the name
@@ -321,7 +321,9 @@ def _files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 def _merge(merged: dict[str, Any], origins: dict[str, str], data: dict[str, Any], name: str) -> None:
     for section, value in data.items():
         if section not in Vocabulary.model_fields or section in ("origins", "fingerprint"):
-            raise VocabularyError(f"{name}:{section}: unknown section (known: {', '.join(_SECTIONS)})")
+            raise VocabularyError(
+                f"{_where({section: name}, section)}: unknown section (known: {', '.join(_SECTIONS)})"
+            )
         old = merged.get(section)
         if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
             by_name = {e["name"]: e for e in (old or []) if isinstance(e, dict)}
@@ -340,16 +342,42 @@ def _merge(merged: dict[str, Any], origins: dict[str, str], data: dict[str, Any]
 _SECTIONS = [k for k in Vocabulary.model_fields if k not in ("origins", "fingerprint")]
 
 
+def _lines(path: str) -> dict[str, int]:
+    """Line of each section and entry (``section``, ``section[name]``, ``section[key]``) in a YAML file (read again
+    only to report an error)."""
+    try:
+        root = yaml.compose(
+            Path(path).read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        )
+    except (OSError, yaml.YAMLError):
+        return {}
+    lines: dict[str, int] = {}
+    for key, value in root.value if isinstance(root, yaml.MappingNode) else []:
+        lines[key.value] = key.start_mark.line + 1
+        for item in value.value if isinstance(value, yaml.SequenceNode) else []:
+            name = next((v.value for k, v in getattr(item, "value", []) if getattr(k, "value", None) == "name"), None)
+            if isinstance(item, yaml.MappingNode) and name is not None:
+                lines[f"{key.value}[{name}]"] = item.start_mark.line + 1
+        for k, _ in value.value if isinstance(value, yaml.MappingNode) else []:
+            lines[f"{key.value}[{k.value}]"] = k.start_mark.line + 1
+    return lines
+
+
 def _where(origins: dict[str, str], where: str) -> str:
-    """``file:where`` for a ``section[entry].field`` path."""
+    """``file:line: where`` for a ``section[entry].field`` path (the line of the entry, else of its section)."""
     entry = where.split("].")[0] + "]" if "]" in where else where.split(".")[0]
-    return f"{origins.get(entry) or origins.get(where.split('[')[0].split('.')[0], '?')}:{where}"
+    section = where.split("[")[0].split(".")[0]
+    path = origins.get(entry) or origins.get(section, "?")
+    lines = _lines(path) if path.endswith((".yaml", ".yml")) else {}
+    line = lines.get(entry) or lines.get(section)
+    return f"{path}:{line}: {where}" if line else f"{path}: {where}"
 
 
 def load_vocabulary(paths: Sequence[str | os.PathLike[str]] = ()) -> Vocabulary:
     """The built-in vocabularies, extended or overridden by ``paths`` (files or folders), validated as a whole.
 
-    Raises :class:`VocabularyError` naming ``file:section[entry].field`` for a bad value or dangling reference.
+    Raises :class:`VocabularyError` naming ``file:line: section[entry].field`` for a bad value or dangling
+    reference.
     """
     files = _files(paths)
     merged: dict[str, Any] = {}
@@ -357,7 +385,7 @@ def load_vocabulary(paths: Sequence[str | os.PathLike[str]] = ()) -> Vocabulary:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.read_bytes())
-        _merge(merged, origins, _read(f), f.name)
+        _merge(merged, origins, _read(f), str(f))
     try:
         vocab = Vocabulary.model_validate({**merged, "origins": origins, "fingerprint": digest.hexdigest()[:16]})
     except ValidationError as exc:
