@@ -97,7 +97,7 @@ class PreprocessAgent(Agent):
     def sample_input(self, rng: random.Random) -> dict[str, Any]:
         part = pick(rng, list(V.BODY_PARTS))
         sex = V.SEX_ONLY_PARTS.get(part) or pick(rng, V.SEXES)
-        age = rng.randint(18, 45) if part == "女性生殖" else rng.randint(*V.AGE_RANGE)
+        age = rng.randint(*(V.current().body_parts[part].ages or V.AGE_RANGE))
         main = pick_some(rng, V.BODY_PARTS[part], 1, 3)
         rng.shuffle(main)
         others = pick_some(rng, [s for s in V.ACCOMPANYING_SYMPTOMS if s not in main], 0, 3)

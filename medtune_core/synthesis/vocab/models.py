@@ -48,6 +48,7 @@ class BodyPart(_Entry):
     red_flags: list[str] = Field(min_length=2)
     follow_ups: list[str] = Field(min_length=1)
     sex: Sex | None = None
+    ages: tuple[int, int] | None = None
 
 
 class Severity(_Entry):
