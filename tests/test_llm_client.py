@@ -698,6 +698,7 @@ def test_the_client_uses_only_public_sdk_names() -> None:
 
     source = inspect.getsource(module)
     assert not re.search(r"openai\._|from openai\._|inspect\.signature", source)
+    assert not re.search(r"""\._client\b|["']_client["']""", source)  # nor the SDK client's private HTTP client
     assert {"model", "messages", "response_format", "temperature", "extra_body"} <= module.CHAT_PARAMS
 
 

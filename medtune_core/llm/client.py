@@ -316,6 +316,7 @@ class _LoopState:
     client: openai.AsyncOpenAI
     semaphore: Any  # endpoint_limit(): shared by every client of the endpoint in this process
     inflight: dict[str, asyncio.Future[_Sent | Failed | BudgetExceeded]]
+    http: Any = None  # the HTTP client we gave the SDK (ours: retired by us when its loop has ended)
 
 
 class _NotJSON(Exception):
@@ -543,31 +544,33 @@ class LLMClient:
         loop = asyncio.get_running_loop()
         if self._state is None or self._state.loop is not loop or loop.is_closed():
             if self._state is not None:
-                _retire(self._state.client)
+                _retire(self._state.http)
                 self._flush_cache()
             cfg = self.config
             key = cfg.api_key.get_secret_value() if cfg.api_key else "EMPTY"
+            http = _http_client(cfg.http_backend, cfg.timeout_s)
             client = openai.AsyncOpenAI(
                 base_url=cfg.base_url,
                 api_key=key or "EMPTY",
                 max_retries=0,
                 timeout=cfg.timeout_s,
                 default_headers=cfg.headers or None,
-                http_client=_http_client(cfg.http_backend, cfg.timeout_s),
+                http_client=http,
             )
-            self._state = _LoopState(loop, client, endpoint_limit(cfg.base_url, cfg.model, cfg.concurrency), {})
+            limit = endpoint_limit(cfg.base_url, cfg.model, cfg.concurrency)
+            self._state = _LoopState(loop, client, limit, {}, http)
         return self._state
 
     def __del__(self) -> None:
         state = getattr(self, "_state", None)
         if state is not None and state.loop.is_closed():
-            _retire(state.client)
+            _retire(state.http)
 
     async def aclose(self) -> None:
         """Close the HTTP client (and the cache if this client opened it; a shared one is flushed)."""
         if self._state is not None:
             if self._state.loop.is_closed():
-                _retire(self._state.client)
+                _retire(self._state.http)
             else:
                 await self._state.client.close()
         self._state = None
@@ -1225,12 +1228,15 @@ def _error_text(exc: BaseException) -> str:
     return str(getattr(exc, "message", None) or exc)[:2000]
 
 
-def _retire(client: openai.AsyncOpenAI) -> None:
-    """Forget a client whose event loop has ended (``asyncio.run`` per batch). Its connections cannot be closed
-    asynchronously any more; marking it closed stops the SDK's ``__del__`` from scheduling an ``aclose()`` on the new
-    loop, which fails with "Event loop is closed". The sockets close when garbage-collected. With the aiohttp
-    transport the session is detached and its connector marked closed, else both log "Unclosed ..." errors then."""
-    inner = getattr(client, "_client", None)
+def _retire(inner: Any) -> None:
+    """Forget the HTTP client (the one this module made and gave the SDK, not an SDK internal) of an event loop that
+    has ended (a client used from several ``asyncio.run``). Its connections cannot be closed asynchronously any
+    more; marking it closed stops its ``__del__`` from scheduling an ``aclose()`` on the new loop, which fails with
+    "Event loop is closed". The sockets close when garbage-collected. With the aiohttp transport the session is
+    detached and its connector marked closed, else both log "Unclosed ..." errors then. Best effort: every step is
+    guarded, an HTTP library that changes only brings those log lines back."""
+    if inner is None:
+        return
     with contextlib.suppress(Exception):
         inner._state = type(inner._state).CLOSED
     transports = [getattr(inner, "_transport", None), *(getattr(inner, "_mounts", None) or {}).values()]
