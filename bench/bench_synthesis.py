@@ -7,8 +7,8 @@ good model (the agent's template output for the asked input), so each sample is 
 - (a) flow: ``data-synthesis`` with ``mode=llm`` through the real Prefect engine (ephemeral API server, cached
   batch tasks, artifacts), a fresh ``MEDTUNE_HOME`` (so a fresh response cache) per run;
 - (b) core: :func:`medtune_core.synthesis.llm_mode.run_llm_mode` alone: the same batch schedule
-  (:class:`~medtune_core.synthesis.schedule.BatchSchedule`), batches and ``parallel_batches``, run on a thread pool
-  instead of Prefect tasks, same concurrency;
+  (:class:`~medtune_core.synthesis.schedule.BatchSchedule`), batches and ``parallel_batches``, run as coroutines of one
+  client on one event loop instead of Prefect tasks, same concurrency;
 - (c) sequential: the seed script's loop, the plain synchronous ``openai`` client, one request after another, on a
   subsample (``--seq-requests``) and extrapolated to ``--requests``;
 - server ceiling: the same server driven by a minimal raw-socket HTTP/1.1 client at the same concurrency (no SDK):

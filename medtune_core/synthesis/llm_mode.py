@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,6 +244,27 @@ def llm_batch(
     answers, where any came, wait in the response cache)."""
     with V.use_vocabulary(vocabulary):
         outcome = run_llm_batch_sync(config, agent, seed, start, count, params=params, ledger=ledger)
+    return saved_batch(outcome, agent, start, count, output_dir)
+
+
+async def llm_batch_async(
+    client: LLMClient,
+    agent: str,
+    seed: int,
+    start: int,
+    count: int,
+    output_dir: str | Path,
+    *,
+    params: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """:func:`llm_batch` on a running client (several batches on one event loop share its connections); the batch
+    file is written in a worker thread, off the loop."""
+    outcome = await run_llm_batch(client, agent, seed, start, count, params=params)
+    return await asyncio.to_thread(saved_batch, outcome, agent, start, count, output_dir)
+
+
+def saved_batch(outcome: BatchOutcome, agent: str, start: int, count: int, output_dir: str | Path) -> Manifest:
+    """A batch's outcome saved under ``output_dir/.batches``, as :func:`llm_batch` describes (and raises)."""
     if outcome.failed:
         causes = ", ".join(f"{n} {reason}" for reason, n in outcome.failures.most_common())
         raise BatchFailed(
@@ -297,7 +320,8 @@ def run_llm_mode(
 ) -> LLMRunReport:
     """LLM mode end to end: ``{agent}_sft_data.jsonl`` per agent and ``synthesis_manifest.json``, on the same
     :class:`~medtune_core.synthesis.schedule.BatchSchedule` as the ``data-synthesis`` flow: up to
-    ``parallel_batches`` batches (threads) share the endpoint's ``concurrency`` and one budget, and an agent's file is
+    ``parallel_batches`` batches (coroutines of one client on one event loop) share the endpoint's ``concurrency`` and
+    one budget, and an agent's file is
     written as soon as its batches are in.
 
     With ``config.budget`` the run stops sending when the cap is reached and writes what it has (the manifest says
@@ -310,14 +334,23 @@ def run_llm_mode(
     schedule: BatchSchedule[Manifest] = BatchSchedule(
         [Batch(name, "llm", start, count) for name in names for start, count in batch_ranges(sizes[name], batch_size)]
     )
-    ledger = CostLedger()
     finals: dict[str, cf.Future[tuple[Manifest | None, AgentReport]]] = {}
-    with cf.ThreadPoolExecutor(max_workers=parallel_batches + 1, thread_name_prefix="llm-batch") as pool:
+    # the batches run on one event loop in a thread of their own, with one client (its connections serve every
+    # batch); the schedule waits on their futures like on any others, and the files are written on a thread pool
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, name="llm-mode", daemon=True)
+    runner.start()
+    client = LLMClient(config)
+    ledger = client.ledger
+    submitted: list[cf.Future[Manifest]] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(_stop_loop, loop, runner, client, submitted)
+        pool = stack.enter_context(cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm-finalize"))
 
         def submit(b: Batch) -> cf.Future[Manifest]:
-            return pool.submit(
-                llm_batch, config, b.agent, seed, b.start, b.count, output_dir, params=params, ledger=ledger
-            )
+            job = llm_batch_async(client, b.agent, seed, b.start, b.count, output_dir, params=params)
+            submitted.append(asyncio.run_coroutine_threadsafe(job, loop))
+            return submitted[-1]
 
         def finalize(key: tuple[str, str], batches: list[Manifest]) -> None:
             extra = {"seed": seed, "model": config.model, **batch_progress(sizes[key[0]], batches)}
@@ -344,6 +377,19 @@ def run_llm_mode(
         run_record(ledger, reports, schedule.stopped),
     )
     return LLMRunReport(reports, schedule.stopped is not None, missing, spent, currency, summary)
+
+
+def _stop_loop(
+    loop: asyncio.AbstractEventLoop, runner: threading.Thread, client: LLMClient, futures: list[cf.Future[Any]]
+) -> None:
+    """Cancel what is still running (after an error), close the client on its loop, end the loop and its thread."""
+    for fut in futures:
+        fut.cancel()
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=30)
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(timeout=30)
+    loop.close()
 
 
 def remaining(reports: Sequence[AgentReport]) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ run, and every agent is finalised with what it has.
 The schedule does not know how a batch runs: the caller passes ``submit`` (start a batch, return a handle whose
 ``result()`` waits for it and returns its result or raises) and ``wait_any`` (one finished handle out of those
 given). The flow passes task submissions (``tasks.base.submit_fresh``) and Prefect's ``as_completed``; the library
-passes a thread pool and ``concurrent.futures.wait``.
+passes coroutines on an event loop of its own (``asyncio.run_coroutine_threadsafe``) and ``concurrent.futures.wait``.
 """
 
 from __future__ import annotations
