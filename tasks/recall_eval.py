@@ -19,7 +19,7 @@ from medtune_core.dataio import Manifest, atomic_write_text
 from medtune_core.recall.benchmark_eval import EvalMethod, RecallEvalOptions, balanced_subset, evaluate_benchmark
 from medtune_core.recall.evaluate import EvalResults, accuracy_chart
 from medtune_core.recall.report import comparison_report, fmt_number
-from tasks.artifacts import publish_markdown, publish_table
+from tasks.artifacts import image_markdown, publish_markdown, publish_table
 from tasks.base import medtune_task
 from tasks.recall import file_manifest
 
@@ -135,7 +135,7 @@ def compare_models_task(results: dict[str, Manifest], training: list[dict[str, A
     atomic_write_text(md, markdown)
     js = out / "comparison.json"
     atomic_write_text(js, json.dumps(payload, ensure_ascii=False, indent=1, default=str) + "\n")
-    shown = markdown.replace(f"![accuracy per subject]({chart.name})", f"Bar chart: `{chart}`")
+    shown = markdown.replace(f"![accuracy per subject]({chart.name})", image_markdown(chart, "accuracy per subject"))
     publish_markdown("recall-comparison", shown, "Base vs control vs recalled")
     publish_table(
         "recall-comparison-subjects",

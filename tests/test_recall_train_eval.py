@@ -81,6 +81,7 @@ def test_flow_trains_control_and_recalled_and_compares_three_models(prefect_harn
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["recall-comparison"])), limit=1
         )
     assert arts and "recalled − control (p)" in arts[0].data
+    assert "![accuracy per subject](data:image/png;base64," in arts[0].data  # the chart shows in the UI
 
 
 def test_train_and_evaluate_needs_the_control() -> None:
