@@ -288,3 +288,59 @@ def test_system_message_follows_a_changed_prompt(monkeypatch: pytest.MonkeyPatch
     before = system_message(agent)
     monkeypatch.setattr(type(agent), "system_prompt", "另一个提示")
     assert system_message(agent).startswith("另一个提示") and system_message(agent) != before
+
+
+def test_a_batch_without_answers_names_the_endpoint_and_the_setting(tmp_path: Path) -> None:
+    from medtune_core.synthesis.llm_mode import BatchFailed, llm_batch
+
+    cfg = LLMConfig(model="fake-model", base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0)
+    with pytest.raises(BatchFailed) as err:
+        llm_batch(cfg, "drug", 0, 0, 2, tmp_path)
+    message = str(err.value)
+    assert "drug batch 0: 2 of 2 requests got no answer (2 connection_refused)" in message
+    assert "http://127.0.0.1:9/v1" in message and "fix base_url" in message
+    assert not (tmp_path / ".batches").exists()  # nothing half-written
+
+
+def test_the_schedule_starts_the_next_batch_when_any_ends_and_settles_what_a_budget_stop_left() -> None:
+    """One schedule for the flow and the library: at most `parallel` batches out, the next one submitted when any
+    of them ends (not the oldest), an agent completed as soon as its last batch is in, and after a budget stop the
+    batches not started are settled as not run (the agents are still completed, with what they have)."""
+    import concurrent.futures as cf
+    import threading
+
+    from medtune_core.synthesis.schedule import Batch, BatchSchedule, BudgetStop, wait_any_future
+
+    release = {name: threading.Event() for name in ("a0", "a1", "b0", "b1")}
+    events: list[str] = []
+    plan = [Batch("a", "llm", 0, 2), Batch("a", "llm", 2, 2), Batch("b", "llm", 0, 2), Batch("b", "llm", 2, 2)]
+
+    def work(b: Batch) -> str:
+        key = f"{b.agent}{b.start // 2}"
+        release[key].wait(5)
+        if key == "b0":
+            raise BudgetStop("budget reached", partial=f"part of {key}")
+        return key
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        schedule: BatchSchedule[str] = BatchSchedule(plan)
+
+        def submit(b: Batch) -> cf.Future[str]:
+            events.append(f"start {b.agent}{b.start // 2}")
+            return pool.submit(work, b)
+
+        def complete(key: tuple[str, str], results: list[str]) -> None:
+            events.append(f"done {key[0]}: {results}")
+
+        release["a1"].set()  # the second batch ends first: its place goes to b0 while a0 is still out
+        threading.Timer(0.3, release["b0"].set).start()
+        threading.Timer(0.6, release["a0"].set).start()
+        schedule.run(submit, wait_any_future, complete, parallel=2)
+    assert events == [
+        "start a0",
+        "start a1",
+        "start b0",  # a1 ended first: its place went to b0 while a0 was still out
+        "done b: ['part of b0']",  # the budget stop: b1 never started, b is written with what b0 got
+        "done a: ['a0', 'a1']",  # a's last batch, still out at the stop, is waited for
+    ]
+    assert schedule.stopped == "budget reached" and "start b1" not in events
