@@ -720,3 +720,25 @@ def test_errors_name_the_endpoint_the_cause_and_the_setting_to_change():
             assert "http://127.0.0.1:9/v1" in closed.detail and "fix base_url" in closed.detail
         unknown = run(make_client(srv, base_url="http://no-such-host.invalid/v1", max_retries=3).chat(user("x")))
         assert unknown.reason == "dns" and unknown.attempts == 1 and "fix base_url" in unknown.detail  # not retried
+
+
+def test_budget_reservations_follow_what_answers_cost_also_from_the_cache(server, tmp_path):
+    """The first reservation is the conservative estimate; answers (paid, or served from the cache after a pilot)
+    calibrate it down to about what a request really costs, and requests wait for reservations in flight instead of
+    being dropped: a cap of ~5 requests' cost is spent on 4-5 of them, never more."""
+    requests = [ChatRequest(user(f"问题 {i}" * 20), Diagnosis) for i in range(12)]
+    pilot = make_client(server, tmp_path)
+    assert all(r.ok for r in run(pilot.run_many(requests[:3])))
+    real = pilot.ledger.spent("USD") / 3
+
+    capped = make_client(server, tmp_path, budget=real * 5.2, concurrency=4)
+    conservative = capped._estimate(
+        "chat", capped._json_payload(requests[5].messages, Diagnosis, None, {}, "json_schema")
+    )
+    assert capped.ledger.calibrated("chat", "fake-model", conservative.amount) == conservative.amount  # nothing seen
+    results = run(capped.run_many(requests))
+    ratio = capped.ledger.calibrated("chat", "fake-model", conservative.amount) / conservative.amount
+    assert ratio < 0.5  # the cache hits of the pilot's 3 answers calibrated it
+    paid = capped.ledger.spent("USD")
+    assert real * 5.2 * 0.75 <= paid <= real * 5.2
+    assert sum(isinstance(r, BudgetExceeded) for r in results) == 12 - 3 - capped.ledger.requests
