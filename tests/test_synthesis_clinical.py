@@ -194,6 +194,7 @@ def test_each_rule_fires_with_its_name(tmp_path: Path) -> None:
     male, mout = first("diagnosis", 2, lambda i, o: i["sex"] == "男" and i["age"] < 40 and not i["history"])
     expect("history_age", "diagnosis", dict(male, history=["前列腺增生"]), mout)
     expect("sex_specific_symptom", "diagnosis", dict(male, symptoms=[*male["symptoms"], "痛经"]), mout)
+    expect("current_drug_indication", "diagnosis", dict(male, current_drugs=["氨氯地平"]), mout)  # no 高血压
     diff = [*mout["differential_diagnosis"], {"disease": "异位妊娠", "reason": "育龄女性有停经史，需查妊娠试验"}]
     expect("sex_specific_condition", "diagnosis", male, dict(mout, differential_diagnosis=diff))
     expect("sex_specific_advice", "diagnosis", male, dict(mout, red_flags=[*mout["red_flags"], "月经量持续增多"]))

@@ -196,6 +196,7 @@ def facts_from_fields(inp: dict[str, Any], out: dict[str, Any], patient_fields: 
         named_conditions=[x.get("disease", "") for x in out.get("differential_diagnosis") or [] if isinstance(x, dict)],
         department=out.get("department") or out.get("suggested_department"),
         body_part=inp.get("body_part"),
+        current_drugs=list(inp.get("current_drugs") or []),
         recommended_drugs=[r.get("drug", "") for r in out.get("recommendations") or [] if isinstance(r, dict)],
         patient_phrases=_strings(inp.get("symptom_details"))
         + [s for f in patient_fields for s in _strings(out.get(f))],

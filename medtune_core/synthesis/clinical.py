@@ -38,6 +38,8 @@ class ClinicalFacts:
     named_conditions: list[str] = field(default_factory=list)
     department: str | None = None
     body_part: str | None = None
+    #: drugs the patient already takes; ``recommended_drugs``: drugs the answer recommends
+    current_drugs: list[str] = field(default_factory=list)
     recommended_drugs: list[str] = field(default_factory=list)
     #: phrases that describe or advise this patient (details, red flags, tests, cautions, questions)
     patient_phrases: list[str] = field(default_factory=list)
@@ -137,6 +139,14 @@ def _state_phrase(f: ClinicalFacts, v: Vocabulary) -> Iterator[str]:
         for p in f.patient_phrases:
             if s.marker in p:
                 yield f"{p!r} addresses {s.name} ({s.marker}), which the patient is not in"
+
+
+@rule("current_drug_indication")
+def _current_drug(f: ClinicalFacts, v: Vocabulary) -> Iterator[str]:
+    for name in f.current_drugs:
+        c = v.current_drug_by_name.get(name)
+        if c and c.for_histories and not set(c.for_histories) & set(f.history):
+            yield f"takes {name} without any history it is for ({'、'.join(c.for_histories)})"
 
 
 @rule("drug_age")

@@ -56,13 +56,30 @@ def red_flags_for(d: V.Disease, history: list[str], sex: str | None = None) -> l
     return V.current().only_fitting(d.red_flags, sex, history) or d.red_flags[:1]
 
 
+def sample_background(
+    rng: random.Random, sex: str, age: int, p_history: float = 0.45, p_drugs: float = 0.3
+) -> tuple[list[str], list[str]]:
+    """Past history and current drugs of a patient: histories their sex and age allow, and drugs taken for one of
+    their histories (a drug that needs one brings it along: 氨氯地平 comes with 高血压)."""
+    vocab = V.current()
+    options = vocab.histories_for(sex, age)
+    history = pick_some(rng, options, 1, 2) if rng.random() < p_history else []
+    drugs = []
+    for name in pick_some(rng, list(V.CURRENT_DRUGS), 1, 2) if rng.random() < p_drugs else []:
+        needs = [h for h in vocab.current_drug_by_name[name].for_histories if h in options]
+        if not needs and vocab.current_drug_by_name[name].for_histories:
+            continue  # taken only for histories this patient cannot have
+        if needs and not set(needs) & set(history):
+            history.append(pick(rng, needs))
+        drugs.append(name)
+    return history, drugs
+
+
 def sample_patient(rng: random.Random, d: V.Disease) -> dict[str, Any]:
-    """Age, sex, history and current drugs of a patient who could have ``d`` (histories their sex and age allow)."""
+    """Age, sex, history and current drugs of a patient who could have ``d`` (see :func:`sample_background`)."""
     sex = d.sex or pick(rng, V.SEXES)
     age = rng.randint(*d.ages)
-    options = V.current().histories_for(sex, age)
-    history = [] if rng.random() < 0.55 else pick_some(rng, options, 1, 2)
-    drugs = [] if rng.random() < 0.7 else pick_some(rng, list(V.CURRENT_DRUGS), 1, 2)
+    history, drugs = sample_background(rng, sex, age)
     return {"age": age, "sex": sex, "history": history, "current_drugs": drugs}
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from medtune_core.synthesis import vocab as V
+from medtune_core.synthesis.agents.diagnosis import sample_background
 from medtune_core.synthesis.base import Agent, CheckFailure, join_zh, pick, pick_some, register_agent
 
 DurationCode = Literal["LessThan1Day", "1To3Days", "3To7Days", "MoreThan1Week"]
@@ -102,8 +103,7 @@ class PreprocessAgent(Agent):
         rng.shuffle(main)
         others = pick_some(rng, [s for s in V.ACCOMPANYING_SYMPTOMS if s not in main], 0, 3)
         rng.shuffle(others)
-        history = [] if rng.random() < 0.55 else pick_some(rng, V.current().histories_for(sex, age), 1, 2)
-        drugs = [] if rng.random() < 0.65 else pick_some(rng, list(V.CURRENT_DRUGS), 1, 2)
+        history, drugs = sample_background(rng, sex, age, p_drugs=0.35)
         severity = rng.randint(1, 5)
         duration = pick(rng, V.DURATION_CODES)
         note = self._note(rng, main, others, severity, duration)

@@ -83,8 +83,11 @@ class State(History):
 
 
 class CurrentDrug(_Entry):
+    """A drug a patient may already take; ``for_histories``: it is taken for one of these (none: no condition)."""
+
     name: str
     drug_class: str
+    for_histories: list[str] = []
 
 
 class Differential(_Entry):
@@ -236,6 +239,10 @@ class Vocabulary(_Entry):
         """Past histories a patient of this sex and age can have (states not included)."""
         return [h.name for h in self.histories if h.fits(sex, age)]
 
+    @cached_property
+    def current_drug_by_name(self) -> dict[str, CurrentDrug]:
+        return {c.name: c for c in self.current_drugs}
+
     def states_for(self, sex: str, age: int) -> list[str]:
         return [s.name for s in self.states if s.fits(sex, age)]
 
@@ -247,6 +254,10 @@ class Vocabulary(_Entry):
         patient_terms = set(self.history_by_name)
         classes = {c.drug_class for c in self.current_drugs}
         conditions = set(self.condition_sex)
+        for c in self.current_drugs:
+            for h in c.for_histories:
+                if h not in patient_terms:
+                    yield f"current_drugs[{c.name}].for_histories", f"unknown history {h!r}"
         for name, p in self.body_parts.items():
             for dep in p.department.split("/"):
                 if dep not in deps:
