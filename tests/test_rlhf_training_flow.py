@@ -78,6 +78,15 @@ def _mtime(path: Path) -> int:
     return path.stat().st_mtime_ns
 
 
+def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1)
+    return str(artifact.data)
+
+
 def test_a_changed_input_always_changes_the_model(prefect_harness: None, tmp_path: Path) -> None:
     flow_obj, params_model = load_flow("rlhf-training")
     assert params_model is RLHFTrainingParams
@@ -109,6 +118,7 @@ def test_a_changed_input_always_changes_the_model(prefect_harness: None, tmp_pat
     assert states["train-stage"] == ["Completed", "Completed"]
     table = Path(out["safety-2-dpo"]).read_text(encoding="utf-8")
     assert "1-sft" in table and "2-dpo" in table  # the DPO table compares against the SFT stage
+    assert "data:image/png;base64," in _latest_artifact("rlhf-training-loss-1-sft")  # the loss curve shows in the UI
     model = tmp_path / "run" / "2-dpo" / "merged"
     assert Path(out["model"]) == model and (model / "chat_template.jinja").is_file()
     sft_dir, dpo_dir = tmp_path / "run" / "1-sft", tmp_path / "run" / "2-dpo"
