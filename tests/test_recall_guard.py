@@ -122,6 +122,7 @@ def _run_planted(tmp_path: Path, bench_path: Path, pool: Path, backend: str, fil
         for line in (out / f"{name}.selection.jsonl").read_text(encoding="utf-8").splitlines():
             item = json.loads(line)
             used[item["id"]] = item["origin"]  # recalled, random or control
+    assert all(r.score <= 1.0 for r in [*result.recall.leaked, *result.recall.recalled])  # float16 clipped
     reached = {planted[i] for i in planted if i in used}
     assert not reached, f"{backend}: planted rows reached training: {reached}"
     train_text = (out / "train.jsonl").read_text(encoding="utf-8") + (out / "control.jsonl").read_text("utf-8")
@@ -213,3 +214,12 @@ def test_per_row_cap_in_the_recall_report(tmp_path: Path) -> None:
         assert summary["recall"]["most_recalled"]["top"][0]["questions"] == max(counts.values())
     assert report[None][0] == 5 and report[2][0] == 2  # capped: three questions get their own rows instead
     assert "| 5 | 100.0% |" in report[None][1] and "most-recalled rows" in report[2][1]
+
+
+@pytest.mark.peer
+def test_planted_copies_of_cmmlu_dev_never_reach_training(peer_dir: Path, tmp_path: Path) -> None:
+    """Real CMMLU dev questions (many under 6 characters) planted into MedicalGPT's SFT sample."""
+    bench, pool = peer_dir / "cmmlu_dev", peer_dir / "medicalgpt" / "medical_sft_1K_format.jsonl"
+    if not bench.is_dir() or not pool.is_file():
+        pytest.skip("peer CMMLU dev / MedicalGPT SFT file absent")
+    _run_planted(tmp_path, bench, pool, "ngram-hash", "某")

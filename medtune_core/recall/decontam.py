@@ -11,8 +11,9 @@ Two checks, both on text (they do not depend on the embedding backend):
 - **Near copies of the question** (:class:`NearCopyIndex`): the question, normalised harder (NFKC, lowercase, every
   character that is not a letter or digit dropped, so punctuation, spacing and whatever follows, such as options in
   another order, do not matter), must not appear in the row's normalised text within a small edit budget scaled to its
-  length: none below 6 characters, 1 edit up to 14, 2 from 15 on. This catches short questions (a quarter of CMMLU's
-  questions are under 13 characters) and copies with a character or two changed. Candidates are found by shared
+  length: none below 6 characters, 1 edit up to 14, 2 from 15 on; a question under 6 characters also matches a whole
+  line of the row that is the question with one edit. This catches short questions (a quarter of CMMLU's questions
+  are under 13 characters) and copies with a character or two changed. Candidates are found by shared
   character bigrams (an edit destroys at most two), then checked with rapidfuzz's best-window alignment.
 
 :class:`Decontaminator` runs both; each dropped row is listed with its evidence and the question.
@@ -54,6 +55,11 @@ def _join(tokens: Sequence[str]) -> str:
 def normalize_strict(text: str) -> str:
     """NFKC, lowercase, only letters and digits (punctuation, symbols and spaces dropped): what a near copy keeps."""
     return "".join(c for c in unicodedata.normalize("NFKC", text).lower() if unicodedata.category(c)[0] in "LN")
+
+
+#: Questions shorter than this have no edit budget inside a row (0 edits); a line that is the question with one edit
+#: still counts (:meth:`NearCopyIndex._short_line`).
+SHORT_CHARS = 6
 
 
 def edit_budget(length: int) -> int:
@@ -106,10 +112,14 @@ class NearCopyIndex:
     def __init__(self, questions: Iterable[MultipleChoice], min_chars: int = 4) -> None:
         self.ids: list[str] = []
         self.texts: list[str] = []
+        #: questions too short for an edit inside a row: matched against whole lines instead, by length
+        self.short: dict[int, list[tuple[str, str]]] = {}
         postings: dict[str, list[int]] = {}
         needed: list[int] = []
         for q in questions:
             norm = normalize_strict(q.question)
+            if 2 <= len(norm) < SHORT_CHARS:
+                self.short.setdefault(len(norm), []).append((norm, q.id or ""))
             if len(norm) < min_chars:
                 continue
             qi = len(self.texts)
@@ -127,6 +137,10 @@ class NearCopyIndex:
 
     def match(self, text: str) -> tuple[str, str] | None:
         """(the matching window of the row, the question id) of the closest near copy, or None."""
+        if self.short:
+            found = self._short_line(text)
+            if found is not None:
+                return found
         norm = normalize_strict(text)
         hits = [self.postings[g] for g in _bigrams(norm) if g in self.postings]
         if not hits:
@@ -136,6 +150,22 @@ class NearCopyIndex:
             window = _near_window(self.texts[qi], norm)
             if window is not None:
                 return window, self.ids[qi]
+        return None
+
+    def _short_line(self, text: str) -> tuple[str, str] | None:
+        """A line of ``text`` that is a short question with at most one edit (none below 4 characters): "肾在液某"
+        alone on a line copies "肾在液为", while a row merely mentioning "肾在液" does not."""
+        from rapidfuzz.distance import Levenshtein
+
+        for line in text.splitlines():
+            norm = normalize_strict(line)
+            if not 2 <= len(norm) <= SHORT_CHARS:
+                continue
+            for length in (len(norm) - 1, len(norm), len(norm) + 1):
+                for q, qid in self.short.get(length, ()):
+                    k = 1 if len(q) >= 4 else 0
+                    if Levenshtein.distance(q, norm, score_cutoff=k) <= k:
+                        return norm, qid
         return None
 
 
