@@ -52,7 +52,7 @@ class BailianUploadParams(StrictParams):
     CONFIRM_ABOVE: ClassVar[float] = 100.0
 
     output_dir: OutputDir = Field(Path("out/bailian-upload"), description="Where the Bailian files and manifests go.")
-    source_dir: Path = Field(
+    source_dir: ExistingPath = Field(
         SAMPLE_MEDQA,
         description="MedQA folder (holding questions/Mainland, Taiwan, US). Default: the project's sample data.",
     )
