@@ -205,3 +205,10 @@ def test_stage_overrides_by_name_still_work_with_strict_stages() -> None:
     params = build_params(model, None, ["sft.max_steps=2", f"sft.train_files=[{sample}]"])
     sft = next(s for s in params.stages if s.stage == "sft")
     assert sft.settings["max_steps"] == 2 and sft.train_files == [sample]
+
+
+def test_a_missing_medqa_folder_is_refused_before_the_run(tmp_path: Path) -> None:
+    result = _cli(
+        "run", "bailian-upload", "--set", f"source_dir={tmp_path / 'MedQA'}", "--set", f"output_dir={tmp_path}"
+    )
+    assert result.exit_code == 2 and f"source_dir: {tmp_path / 'MedQA'} does not exist" in result.output
