@@ -11,9 +11,11 @@ A stage's own module only says how to build its trainer from a :class:`StageCont
 3. load the model (causal LM, or a one-output sequence classifier for ``rm``), with a new LoRA/DoRA/QLoRA
    adapter, the previous stage's adapter to keep training (``chain: stack``), or all weights trainable;
 4. build the trainer, count non-padding tokens per step, resume from the last checkpoint in
-   ``output_dir/checkpoints`` when there is one (optimizer, scheduler, RNG and step included);
+   ``output_dir/checkpoints`` when there is one (optimizer, scheduler, RNG and step included; the stage's identity,
+   :mod:`.identity`, has moved aside any checkpoint written for other inputs before this runs);
 5. save the adapter (``output_dir/adapter``) or the full model (``output_dir/model``) with tokenizer and
-   template, ``metrics.json``, ``loss_curve.png`` and TensorBoard logs (``output_dir/tensorboard``).
+   template (through a staging folder, renamed when complete), ``metrics.json`` (with the device trained on),
+   ``loss_curve.png`` and TensorBoard logs (``output_dir/tensorboard``).
 
 With ``extend_vocab`` (PT, SFT) the base model first gets the domain words as tokens (``output_dir/extended_base``,
 see :mod:`.tokenizer_ext`) and ``train_embeddings`` adds their rows to the adapter. With ``launcher: accelerate |
