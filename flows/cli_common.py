@@ -33,8 +33,22 @@ def user_errors(*kinds: type[BaseException], code: int = 1) -> Iterator[None]:
 CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
 
 
+class UserErrorFormatter(logging.Formatter):
+    """A medtune error (bad input or configuration, its message names the file, line and field) is printed
+    without its traceback: Prefect logs every task failure with one, which buries the one line that says what
+    to fix. Other exceptions keep theirs. (Only the terminal's copy: the run's log on the server keeps it.)"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, MedtuneError):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Log to stderr at ``level`` as ``LEVEL name: message``; the HTTP libraries only from WARNING."""
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(UserErrorFormatter("%(levelname)s %(name)s: %(message)s"))
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))

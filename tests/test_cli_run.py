@@ -59,3 +59,6 @@ def test_a_failed_run_exits_1_with_the_summary_line(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["state"] == "FAILED" and "bad.jsonl:1" in summary["error"], summary
+    # the user's error is one line naming file:line, not buried in the tracebacks Prefect logs with every failure
+    assert "bad.jsonl:1: conversations[0].value" in result.stderr
+    assert "raise RecordError" not in result.stderr, result.stderr[-3000:]
