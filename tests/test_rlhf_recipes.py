@@ -74,6 +74,27 @@ def test_shipped_recipe_runs_tiny(
         assert [r["name"] for r in grpo["rewards_left_out"]] == ["teacher"]
         assert "no API key" in grpo["rewards_left_out"][0]["reason"]
         assert set(grpo["reward_components"]) == {"rules"}
+        warning = _artifact(state.state_details.flow_run_id, "rlhf-training-warnings")
+        assert "2-grpo: reward teacher (weight 0.4) LEFT OUT: no API key" in warning
+
+
+def _artifact(flow_run_id: Any, key: str) -> str:
+    """The latest data of a flow run's artifact ``key`` (artifacts reach the server asynchronously: polled)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            )
+            if found or time.monotonic() > deadline:
+                return str(found[-1].data) if found else ""
+            time.sleep(0.5)
 
 
 def _medtune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
