@@ -19,8 +19,10 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 from uuid import UUID
@@ -150,10 +152,14 @@ def ephemeral_server() -> Iterator[None]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance Prefect's clients use in ephemeral mode
+    log_path = server_log_path()
     failed: list[BaseException] = []
 
     def start() -> None:  # on a thread that blocks SIGINT: the server process inherits the mask
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        launch = getattr(server, "_run_uvicorn_command", None)
+        if launch is not None and not server.running:
+            server._run_uvicorn_command = lambda: _with_stderr_to(log_path, launch)
         try:
             server.start()  # its stop() uses SIGTERM
         except BaseException as exc:
@@ -164,8 +170,31 @@ def ephemeral_server() -> Iterator[None]:
     while starting.is_alive():  # the main thread keeps taking signals while the server starts
         starting.join(0.2)
     if failed:
-        raise failed[0]
+        raise RuntimeError(f"the ephemeral Prefect server did not start ({failed[0]}); its log: {log_path}")
     yield
+
+
+def server_log_path() -> Path:
+    """Where the ephemeral server's own output goes (``PREFECT_HOME/ephemeral-server.log``): its shutdown logs
+    tracebacks of events it was still flushing, which are Prefect's housekeeping, not the run's outcome."""
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home) / "ephemeral-server.log"
+
+
+def _with_stderr_to(path: Path, launch: Callable[[], Any]) -> Any:
+    """``launch()`` (which starts the server process) with file descriptor 2 pointing at ``path``: the child
+    keeps that stderr; this process gets its own back as soon as the child exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("ab") as log_file:
+        os.dup2(log_file.fileno(), 2)
+        try:
+            return launch()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def stop_ephemeral_server() -> None:
@@ -180,8 +209,6 @@ def stop_ephemeral_server() -> None:
 
 def leave_now(code: int) -> None:
     """Flush what was printed, stop the server this process started, exit without waiting for worker threads."""
-    import sys
-
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
