@@ -15,7 +15,9 @@ Three ways in, so that the setting holds whoever starts the flow run:
   gets the deploying machine's storage block even where the worker's environment says nothing.
 
 :func:`enter_shared_location` is the deployments' pull step: a worker's flow run works in ``MEDTUNE_SHARED_DIR``
-(the same mount on every machine), never in whatever folder the worker was started from.
+(the same mount on every machine), never in whatever folder the worker was started from. When the run is a retry of an
+attempt whose process died, it also sets the task runs that attempt left Running to Crashed
+(:func:`crash_orphaned_task_runs`): the heartbeat automation crashes flow runs only.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def enter_shared_location(checkout: str | None = None) -> dict[str, str]:
 
     With ``MEDTUNE_SHARED_DIR`` set (on the worker), the flow run's working folder is that folder (created if
     missing), so relative paths in parameters (outputs, and inputs written by earlier flows) mean the same files
-    on every machine. Unset: the checkout (one machine). Returns ``{"directory": ...}`` as Prefect's steps do.
+    on every machine. Unset: the checkout (one machine). Then :func:`crash_orphaned_task_runs`. Returns
+    ``{"directory": ...}`` as Prefect's steps do.
     """
     if checkout and Path(checkout).is_dir() and checkout not in sys.path:
         sys.path.insert(0, checkout)
@@ -110,4 +113,38 @@ def enter_shared_location(checkout: str | None = None) -> dict[str, str]:
     else:
         directory = Path.cwd()
     os.chdir(directory)
+    crash_orphaned_task_runs()
     return {"directory": str(directory)}
+
+
+def crash_orphaned_task_runs(flow_run_id: str | None = None) -> int:
+    """Task runs of this flow run still Pending/Running when a new attempt starts: their process died with an
+    earlier attempt (``kill -9``, a lost machine). Set them Crashed, so the UI stops showing them Running; returns
+    how many. Called before the flow starts, when no task of the new attempt runs yet."""
+    flow_run_id = flow_run_id or os.environ.get("PREFECT__FLOW_RUN_ID")
+    if not flow_run_id:
+        return 0
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    alive = TaskRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+    with get_client(sync_client=True) as client:
+        orphans = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
+            task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=alive)),
+        )
+        for run in orphans:
+            message = f"its flow run's attempt {run.flow_run_run_count} ended without it (the process died)"
+            client.set_task_run_state(run.id, Crashed(message=message), force=True)
+            log.info("task run %s: Crashed (%s)", run.name, message)
+    return len(orphans)

@@ -93,10 +93,10 @@ def test_a_killed_machine_crashes_its_run_and_retry_on_the_other_machine_reuses_
     def explain() -> str:
         return stack.explain(stack.flow_run(run_id))
 
-    # machine A dies once the first stage is done (its result is in the shared storage block)
+    # machine A dies once the first stage is done (its result is in the shared storage block) and the second runs
     wait_for(
-        "first stage completed on A",
-        lambda: [t for t in train_stage_runs(stack, run_id, 1) if t["state_type"] == "COMPLETED"],
+        "first stage completed on A, second running",
+        lambda: [t["state_type"] for t in train_stage_runs(stack, run_id, 1)] == ["COMPLETED", "RUNNING"],
         RUN_TIMEOUT_S,
         explain,
     )
@@ -123,6 +123,10 @@ def test_a_killed_machine_crashes_its_run_and_retry_on_the_other_machine_reuses_
     states = [t["state_name"] for t in retried if t["name"].startswith("train-stage")]
     assert states == ["Cached", "Completed"], states
     assert "stages train in CUDA pool ops-cuda" in stack.run_logs(run_id)
+    # the task run the dead attempt left Running was set Crashed when the retry started
+    orphans = [(t["state_type"], t["state"]["message"]) for t in train_stage_runs(stack, run_id, 1)]
+    assert [state for state, _ in orphans] == ["COMPLETED", "CRASHED"], orphans
+    assert "process died" in orphans[1][1]
 
     # Every stage ran on B's CUDA worker and wrote to the shared location, where the parent read it
     children = stack.post("/flow_runs/filter", {"work_pools": {"name": {"any_": ["ops-cuda"]}}})
