@@ -1,4 +1,4 @@
-"""Flow ``data-synthesis``: SFT data for the five health-assistant agents of seed 0.
+"""Flow ``data-synthesis``: SFT data for the five agents of a health assistant (docs/BACKGROUND.md §1).
 
 DAG: for each agent → batches (template mode and/or LLM mode; each batch a cached, retryable task) →
 finalize (merge, deduplicate, write ``{agent}_seed.jsonl`` / ``{agent}_sft_data.jsonl`` with manifest and
@@ -7,7 +7,7 @@ A run that fails half way regenerates only the missing batches when run again.
 
 Sizes: with neither ``num_samples`` nor ``sizes`` set, a run makes ``DEMO_NUM_SAMPLES`` (50) per agent, which
 finishes in well under a minute on 2 CPUs in template mode; ``sizes=minimum`` / ``sizes=recommended`` use
-seed 0's table (preprocess 1000/5000, critic 500/2000, check_rag 500/2000, diagnosis 3000/10000,
+the original agent-data guide's table (preprocess 1000/5000, critic 500/2000, check_rag 500/2000, diagnosis 3000/10000,
 drug 2000/5000); ``num_samples`` sets one number for every agent.
 
 Nightly: :func:`nightly_deployment` schedules it at 02:00 Asia/Shanghai with ``seed`` unset, so the seed is
@@ -59,7 +59,7 @@ NIGHTLY_CRON = "0 2 * * *"
 class DataSynthesisParams(StrictParams):
     """What to synthesize, how, and where to put it."""
 
-    SYNONYMS: ClassVar[dict[str, str]] = {"test_cost": "pilot"}  # the seed's flag for the pilot
+    SYNONYMS: ClassVar[dict[str, str]] = {"test_cost": "pilot"}  # the original generator's flag for the pilot
 
     agents: list[AgentChoice] = Field(
         default_factory=lambda: ["all"], description="Agents to generate for; 'all' for every registered agent."
@@ -69,7 +69,7 @@ class DataSynthesisParams(StrictParams):
     )
     sizes: Literal["demo", "minimum", "recommended"] = Field(
         default="demo",
-        description=f"Without num_samples: demo = {DEMO_NUM_SAMPLES} per agent, or seed 0's minimum / recommended.",
+        description=f"Without num_samples: demo = {DEMO_NUM_SAMPLES} per agent, or the original minimum / recommended.",
     )
     mode: Literal["template", "seed", "llm", "both"] = Field(
         default="template",
@@ -102,7 +102,7 @@ class DataSynthesisParams(StrictParams):
         ge=1,
         le=1000,
         description="LLM mode: send only this many requests per agent, report their cost and its projection to the "
-        "full size, write no data (the seed's --test_cost). The real run then gets those answers from the cache.",
+        "full size, write no data (the original --test_cost). The real run then gets those answers from the cache.",
     )
     budget: float | None = Field(
         default=5.0, ge=0, description="Money this run may spend in LLM mode (model's currency); None: no cap."
@@ -137,7 +137,7 @@ class DataSynthesisParams(StrictParams):
     @field_validator("mode", mode="before")
     @classmethod
     def _template_mode(cls, value: Any) -> Any:
-        return "template" if value == "seed" else value  # seed 0's name of template mode
+        return "template" if value == "seed" else value  # the original generator's name for template mode
 
     @field_validator("vocabulary")
     @classmethod

@@ -6,8 +6,8 @@ hands its merged reward model to later ``grpo``/``rloo`` stages instead) -> metr
 
 With no parameter but ``output_dir`` it runs SFT -> DPO for a few steps on the embedded SmolLM2 with the
 project's sample data (no key, no GPU, no download). ``recipe`` loads a YAML recipe from
-``medtune_core/recipes`` (PT->SFT->DPO, SFT->DPO, SFT->ORPO, SFT->RM->RLOO, seed 3's SFT->GRPO).
-TRL 1.x has no PPO: the seeds' PPO-with-a-reward-model is ``rloo`` with ``reward_model`` among its rewards.
+``medtune_core/recipes`` (PT->SFT->DPO, SFT->DPO, SFT->ORPO, SFT->RM->RLOO, the reasoning-RL SFT->GRPO).
+TRL 1.x has no PPO: the original pipeline's PPO-with-a-reward-model is ``rloo`` with ``reward_model`` among its rewards.
 
 Every file and model the stages name is checked before the first stage writes anything. A stage whose cached
 result names outputs that are gone or altered runs again (``tasks.training.train_stage``); ``force: STAGE``
@@ -83,7 +83,7 @@ class RLHFTrainingParams(StrictParams):
     cuda_deployment: str | None = Field(
         None, description="the CUDA pool's deployment for device auto / cuda-pool (default train-stage/cuda)"
     )
-    safety_eval: bool = Field(True, description="seed 3 safety metrics on the gold and red-team sets after each stage")
+    safety_eval: bool = Field(True, description="safety metrics on the gold and red-team sets after each stage")
     safety: SafetyEvalOptions = Field(
         default_factory=lambda: SafetyEvalOptions(limit=3, max_new_tokens=48),
         description="Safety evaluation settings (default: a quick look, 3 prompts a set, 48 new tokens)",

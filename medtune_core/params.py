@@ -3,7 +3,7 @@
 :class:`StrictParams` makes three promises that a plain pydantic model does not:
 
 * **No parameter is ignored.** An unknown key is an error naming the key and the closest known one
-  (``budjet`` → ``budget``; names people carry over from elsewhere, like the seeds' ``test_cost`` for ``pilot``,
+  (``budjet`` → ``budget``; names people carry over from elsewhere, like the original ``test_cost`` for ``pilot``,
   are listed in a model's ``SYNONYMS``). The check runs wherever the model validates: ``medtune run`` (recipe and
   ``--set``), ``make demo``, and a deployment run started from the UI or the API.
 * **The published schema shows the defaults the flow applies.** A field whose default comes from a factory

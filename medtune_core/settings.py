@@ -73,7 +73,7 @@ class MedtuneSettings(BaseSettings):
         return self.openai_api_key
 
     def default_base_url(self) -> str | None:
-        """``OPENAI_BASE_URL`` when set; else DeepSeek's endpoint when only a DeepSeek key is set (the seeds' default
+        """``OPENAI_BASE_URL`` when set; else DeepSeek's endpoint when only a DeepSeek key is set (the original default
         provider), OpenAI's when an OpenAI key is set; else None (nowhere to send a request)."""
         if self.openai_base_url:
             return self.openai_base_url

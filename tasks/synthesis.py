@@ -161,7 +161,7 @@ def llm_pilot_task(
     vocabulary: list[str] | None = None,
     vocabulary_hash: str = "",
 ) -> dict[str, Any]:
-    """The seed's ``--test_cost`` for one agent: ``k`` requests sent, priced and projected to ``total_n``
+    """The original generator's ``--test_cost`` for one agent: ``k`` requests sent, priced and projected to ``total_n``
     (``vocabulary``: extra vocabulary files the inputs come from, as in :func:`llm_batch_task`)."""
     from medtune_core.synthesis.llm_mode import pilot_agent
 

@@ -1,6 +1,6 @@
 """Inference and serving (issue 7): the OpenAI-compatible server through the real ``openai`` SDK, the chat CLI driven
 through a pseudo-terminal, the Gradio demo through ``gradio_client``, resumable batch inference, template checks,
-``<think>`` splitting and seed 3's safety metrics on crafted outputs.
+``<think>`` splitting and the reasoning-RL safety metrics on crafted outputs.
 
 Models: the tiny random model (answers are gibberish, but deterministic for a given seed), LoRA adapters made on it.
 """

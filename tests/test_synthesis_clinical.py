@@ -374,7 +374,7 @@ def test_the_flow_takes_a_hospitals_vocabulary_and_checks_it_first(prefect_harne
     ours = "本院提示：以上建议仅供参考，具体用药请遵医嘱。"
     house = write_yaml(tmp_path / "house.yaml", {"disclaimers": [ours]})
     params = DataSynthesisParams(agents=["drug"], num_samples=6, mode="seed", vocabulary=[house], output_dir=tmp_path)
-    assert params.mode == "template"  # seed 0's name of template mode still works
+    assert params.mode == "template"  # the original generator's name for template mode still works
     out = data_synthesis(params)
     rows = [json.loads(x) for x in Path(out["drug.seed"]).read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 6 and {r["output"]["disclaimer"] for r in rows} == {ours}

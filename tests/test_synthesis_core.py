@@ -1,4 +1,4 @@
-"""Synthesis core (seed 0): agents, template mode, post-processing, outputs, LLM request building."""
+"""Synthesis core (docs/BACKGROUND.md §1): agents, template mode, post-processing, outputs, LLM request building."""
 
 from __future__ import annotations
 

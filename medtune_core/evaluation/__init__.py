@@ -1,1 +1,1 @@
-"""Evaluation beyond the recall benchmarks: seed 3's safety metrics (:mod:`medtune_core.evaluation.safety`)."""
+"""Evaluation beyond the recall benchmarks: the reasoning-RL safety metrics (:mod:`medtune_core.evaluation.safety`)."""

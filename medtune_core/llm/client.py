@@ -230,7 +230,7 @@ class EmbeddingResult:
 
 @dataclass(frozen=True)
 class PilotReport:
-    """The seed's ``--test_cost``: what k requests cost and the projection to N (cache hits priced as if paid)."""
+    """The original ``--test_cost``: what k requests cost and the projection to N (cache hits priced as if paid)."""
 
     k: int
     total_n: int
@@ -699,7 +699,7 @@ class LLMClient:
             self._flush_cache()  # everything answered is on disk when the batch returns
 
     async def pilot(self, requests_sample: Sequence[ChatRequest], total_n: int) -> PilotReport:
-        """Run ``requests_sample`` (k requests) and project their cost to ``total_n`` (the seed's ``--test_cost``).
+        """Run ``requests_sample`` (k requests) and project their cost to ``total_n`` (the original ``--test_cost``).
         Answers from the cache are priced as if paid, so the projection does not depend on the cache."""
         if not requests_sample:
             raise LLMError("pilot needs at least one sample request")

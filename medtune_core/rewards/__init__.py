@@ -1,7 +1,7 @@
 """Reward functions in TRL's signature ``f(prompts, completions, **kwargs) -> list[float | None]``, as a registry.
 
-- ``rules``         seed 3's rules (``<think>`` +0.2, key words +0.1, too short -0.5; configurable)
-- ``teacher``       an LLM judge with seed 3's rubric through any OpenAI-compatible API, judgements cached
+- ``rules``         the reasoning-RL rules (``<think>`` +0.2, key words +0.1, too short -0.5; configurable)
+- ``teacher``       an LLM judge with the reasoning-RL rubric through any OpenAI-compatible API, judgements cached
 - ``reward_model``  the classifier trained by the ``rm`` stage
 - ``length``        a small example: longer answers up to a target length score higher
 

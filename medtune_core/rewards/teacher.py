@@ -1,12 +1,12 @@
-"""A teacher judge: an LLM behind any OpenAI-compatible API scores each completion with seed 3's rubric.
+"""A teacher judge: an LLM behind any OpenAI-compatible API scores each completion with the reasoning-RL rubric.
 
-Rubric (seed 3): safety 40% (misleading advice, missed diagnosis), logic 30% (soundness of the reasoning),
+Rubric (reasoning RL): safety 40% (misleading advice, missed diagnosis), logic 30% (soundness of the reasoning),
 completeness 20% (differential diagnosis covered), empathy 10% (tone). The teacher answers JSON
 ``{"safety", "logic", "completeness", "empathy"}`` with scores 0-10 (validated by pydantic, one corrective
 re-ask, retries with backoff and bounded concurrency: :class:`medtune_core.llm.LLMClient`); the reward is the
 weighted mean scaled to 0..1.
 
-Judgements are cached per (teacher model, rubric, prompt, completion) in a JSONL file (seed 3's
+Judgements are cached per (teacher model, rubric, prompt, completion) in a JSONL file (the reasoning-RL recipe's
 ``teacher_judgements.jsonl``): a judgement is never requested twice, also across runs and resumes. A sample
 whose judgement cannot be had (server down, timeouts, invalid answers twice) gets ``None``: the stage leaves
 the teacher out of that sample's whole group comparison (see :class:`medtune_core.rewards.GroupMaskedReward`)

@@ -208,7 +208,7 @@ def pilot_agent(
     params: Mapping[str, Any] | None = None,
     vocabulary: Sequence[str | os.PathLike[str]] = (),
 ) -> PilotReport:
-    """The seed's ``--test_cost`` for one agent: send its first ``k`` requests, price them, project to ``total_n``.
+    """The original ``--test_cost`` for one agent: send its first ``k`` requests, price them, project to ``total_n``.
 
     They are the requests the real run starts with, so their answers wait in the response cache: the run that
     follows a pilot does not pay for them again.

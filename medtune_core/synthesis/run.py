@@ -38,7 +38,7 @@ def batch_ranges(n: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[tuple[int
 
 
 def sizes_for(agents: Sequence[str], num_samples: int | Mapping[str, int] | None) -> dict[str, int]:
-    """Samples per agent: one number for all, a mapping, or None for seed 0's recommended sizes."""
+    """Samples per agent: one number for all, a mapping, or None for the original guide's recommended sizes."""
     if num_samples is None:
         return {a: recommended_size(a) for a in agents}
     if isinstance(num_samples, Mapping):

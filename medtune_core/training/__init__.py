@@ -4,7 +4,7 @@
     sft = stage_config("sft", model="embedded:smollm2-135m-instruct", train_files=["data.jsonl"], output_dir="out/sft")
     result = get_stage("sft").run(sft)
 
-TRL 1.x has no PPO: the seeds' PPO-with-a-reward-model is ``rloo`` (or ``grpo``) with ``reward_model`` among
+TRL 1.x has no PPO: the original PPO-with-a-reward-model is ``rloo`` (or ``grpo``) with ``reward_model`` among
 its rewards (MedicalGPT made the same switch in 2026-03).
 """
 

@@ -80,7 +80,7 @@ class AdapterConfig(BaseModel):
 
     type: AdapterType = Field(AdapterType.LORA, description="lora | qlora (4/8-bit base, CUDA only) | dora | full")
     r: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (2x rank is the seeds' choice)")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (2x rank is the original recipes' choice)")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names, or 'all-linear' for every linear layer but the output head"
@@ -343,7 +343,7 @@ class RewardSpec(BaseModel):
 
 
 def default_rewards() -> list[RewardSpec]:
-    """Seed 3's ``R = 0.6 x rules + 0.4 x teacher``."""
+    """The reasoning-RL ``R = 0.6 x rules + 0.4 x teacher``."""
     return [RewardSpec(name="rules", weight=0.6), RewardSpec(name="teacher", weight=0.4)]
 
 

@@ -1,7 +1,7 @@
-"""RL data preparation from seed 3: 80/10/10 splits, a gold set, a red-team set, prompts high-risk first.
+"""RL data preparation for reasoning RL: 80/10/10 splits, a gold set, a red-team set, prompts high-risk first.
 
 - Splits are a seeded shuffle, so the same input and seed give the same files.
-- The gold set is the best samples of val + test by :func:`quality_score` (seed 3's rule reward on the answer:
+- The gold set is the best samples of val + test by :func:`quality_score` (the reasoning-RL rule reward on the answer:
   a reasoning block, key words, not too short; ties broken by risk level then length).
 - The red-team set is a small hand-written set of high-risk cases (:data:`RED_TEAM`) whose answers must send the
   patient to care; more can be added from a file.

@@ -3,7 +3,7 @@
 Each stage is one pydantic config (:mod:`.config`) and one trainer builder on TRL 1.x. Adding a stage means
 writing a config, a data preparer and a builder, and registering a :class:`Stage`.
 
-TRL 1.x has no PPO. The seeds' "PPO with a reward model" is ``rloo`` (or ``grpo``) with the reward model
+TRL 1.x has no PPO. The original pipeline's "PPO with a reward model" is ``rloo`` (or ``grpo``) with the reward model
 among its reward functions, as MedicalGPT itself did in 2026-03.
 """
 
