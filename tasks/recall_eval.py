@@ -121,7 +121,7 @@ def compare_models_task(results: dict[str, Manifest], training: list[dict[str, A
     named = [(label, EvalResults.load(m.path)) for label, m in results.items()]
     pairs = [(a, "recalled") for a in ("control", "base") if a in results and "recalled" in results]
     chart = accuracy_chart(named, out / "comparison.png")
-    markdown, payload = comparison_report(named, pairs)
+    markdown, payload = comparison_report(named, pairs, chart=chart.name)
     if training:
         markdown += (
             "\n### Training (identical SFT settings)\n\n| set | rows | steps | loss first | loss last | model |\n"

@@ -9,19 +9,15 @@ from dataclasses import asdict
 from typing import Any
 
 from medtune_core.recall.evaluate import EvalResults, accuracy_by_subject, compare_results, comparison_markdown
+from medtune_core.recall.search import fmt_number
+
+__all__ = ["comparison_report", "fmt_number"]
 
 
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "–"
     return f"{row['accuracy']:.1%} [{row['ci95_low']:.1%}, {row['ci95_high']:.1%}]"
-
-
-def fmt_number(value: Any, digits: int = 4) -> str:
-    """A table cell: floats rounded to ``digits`` significant digits, None empty, anything else as is."""
-    if value is None:
-        return ""
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def _distribution(res: EvalResults) -> str:

@@ -378,14 +378,15 @@ def recall_report(result: RecallResult, texts: dict[str, str] | None = None, n: 
 def stats_markdown(stats: list[dict[str, Any]]) -> str:
     cols = list(stats[0]) if stats else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in stats]
+    lines += ["| " + " | ".join(fmt_number(r[c]) for c in cols) + " |" for r in stats]
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def fmt_number(value: Any, digits: int = 4) -> str:
+    """A table cell: floats rounded to ``digits`` significant digits, None empty, anything else as is."""
     if value is None:
         return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
