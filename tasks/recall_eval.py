@@ -44,7 +44,14 @@ class TrainEvalSettings(BaseModel):
     max_steps: int = Field(30, ge=1, description="SFT optimizer steps (same for both sets).")
     learning_rate: float = Field(2e-4, gt=0, description="SFT learning rate (full 3B fine-tuning: 1e-5..2e-5).")
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank (alpha = 2 x rank; 64-128 for a 3B model).")
-    batch_size: int = Field(4, ge=1, le=512, description="SFT per-device batch size.")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=512,
+        description="SFT per-device batch size (1 x grad_accum 4: the stage's peak memory on CPU stays under 4 GB; "
+        "batch 4 peaked at 10 GB with SmolLM2's 49k-token vocabulary).",
+    )
+    grad_accum: int = Field(4, ge=1, le=512, description="Gradient accumulation steps (effective batch: batch x this).")
     max_length: int = Field(512, ge=16, description="SFT tokens per packed row.")
     method: EvalMethod = Field(
         "loglikelihood",
@@ -77,6 +84,7 @@ class TrainEvalSettings(BaseModel):
             "max_steps": self.max_steps,
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
             "max_length": self.max_length,
             "adapter": {"type": "lora", "r": self.lora_rank, "alpha": 2 * self.lora_rank},
             "seed": self.seed,
