@@ -564,7 +564,7 @@ def comparison_markdown(comp: Comparison) -> str:
     if not comp.informative:
         verdict = (
             f"**{comp.name_b}** vs **{comp.name_a}** on {comp.n} paired questions: **not informative** — "
-            f"{comp.not_informative}, so its accuracy is the share of that letter among the answers, and the "
+            f"{comp.not_informative}: such an accuracy is the share of that letter among the gold answers, and the "
             f"difference ({comp.accuracy_b:.1%} vs {comp.accuracy_a:.1%}) says nothing about what either model "
             "knows. Score the option texts instead (method loglikelihood-text) or use a stronger base model."
         )
