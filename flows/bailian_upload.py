@@ -251,12 +251,18 @@ def bailian_upload(params: BailianUploadParams) -> dict[str, str]:
         training_type=params.training_type,
         hyper_parameters=params.hyper_parameters,
     )
-    job = create_fine_tune(spec, endpoint, params.recreate_failed)
-    where = {k: job[k] for k in ("endpoint", "endpoint_from", "reused")}  # which server, and found or created
-    if params.wait:
-        job = wait_fine_tune(
-            job["job_id"], endpoint, params.poll_interval_s, params.poll_max_interval_s, params.wait_timeout_s
-        )
+    try:
+        job = create_fine_tune(spec, endpoint, params.recreate_failed)
+        where = {k: job[k] for k in ("endpoint", "endpoint_from", "reused")}  # which server, and found or created
+        if params.wait:
+            job = wait_fine_tune(
+                job["job_id"], endpoint, params.poll_interval_s, params.poll_max_interval_s, params.wait_timeout_s
+            )
+    except KeyboardInterrupt:
+        # stopped before the wait took charge of the job (or while it did): the job is not left training unwatched
+        if params.wait:
+            endpoint.client().cancel_unfinished_jobs_for(spec)
+        raise
     facts = {**{k: job.get(k) for k in ("job_id", "status", "finetuned_output", "usage", "model")}, **where}
     publish_table("bailian-job", [{k: "" if v is None else str(v) for k, v in facts.items()}], "Fine-tune job")
     outputs.update({k: str(v) for k, v in facts.items() if v is not None})

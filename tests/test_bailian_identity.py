@@ -300,3 +300,16 @@ def test_log_cursor_lines_up_pages_whatever_the_offset_did():
     assert cursor.feed(["c", "d"]) == ["d"]  # 1-based offset: the page starts at the last line seen
     assert cursor.feed(["e"]) == ["e"]  # offset honoured
     assert cursor.feed([]) == [] and cursor.lines == ["a", "b", "c", "d", "e"]
+
+
+def test_a_run_stopped_before_it_watched_its_job_cancels_that_job_once(tmp_path, bailian_file):
+    with FakeDashScope(api_key=KEY, polls_per_state=10_000) as server:  # jobs stay RUNNING
+        client = client_for(server, tmp_path / "registry.json")
+        spec = JobSpec(training_file_ids=[client.upload(bailian_file).file_id])
+        job = client.create_job(spec)
+        # a fresh machine (no registry) finds the job for these inputs by its identity and cancels it
+        other = client_for(server, tmp_path / "other.json")
+        assert other.cancel_unfinished_jobs_for(spec) == [job.job_id]
+        assert client.get_job(job.job_id).status == "CANCELED"
+        assert other.cancel_unfinished_jobs_for(spec) == []  # an ended job is left alone
+        assert len([r for r in server.calls("POST") if r.path.endswith("/cancel")]) == 1

@@ -654,6 +654,22 @@ class BailianClient:
 
             return self._retrying()(find_or_create)
 
+    def cancel_unfinished_jobs_for(self, spec: JobSpec) -> list[str]:
+        """Cancel every job for these inputs that has not ended; returns their ids.
+
+        For a run stopped between creating its job and watching it (Ctrl-C while the create call was answering):
+        a paid job must not train on unwatched after its run was cancelled."""
+        listed_files = self.list_files() if self._needs_file_list(spec) else None
+        identity = self.job_identity(spec, listed_files)
+        key = f"{self.scope}|job|{identity}"
+        cancelled = []
+        for job in self._matching_jobs(spec, job_tag(identity), key, listed_files):
+            if job.status not in TERMINAL:
+                log.warning("run stopped: cancelling fine-tune job %s (%s)", job.job_id, job.status)
+                self.cancel_job(job.job_id)
+                cancelled.append(job.job_id)
+        return cancelled
+
     def _settle_job_race(
         self,
         mine: JobInfo,
