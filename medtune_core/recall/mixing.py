@@ -3,7 +3,7 @@
 - The recalled rows that survive decontamination are kept (``R`` of them).
 - ``M = round(R * mix_ratio / (1 - mix_ratio))`` random rows are added from the pool rows that were neither recalled
   nor caught by the leakage guard, each also decontaminated, so random rows make ``mix_ratio`` of the final set
-  (the seed's anti-cheating advice: 20-30% random medical data).
+  (the original recipe's anti-cheating advice: 20-30% random medical data).
 - The control set has the same size, drawn at random from every pool row not caught by the guard (decontaminated),
   so "recalled vs random" compares equal amounts of data.
 

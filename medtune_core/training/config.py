@@ -1,7 +1,7 @@
 """Stage configurations: one pydantic model per stage over a common base, with validators that reject
 combinations which cannot work, before any model is loaded.
 
-Defaults that differ from TRL's (on purpose, measured on this project's CPUs, see DESIGN.md): float32 and no
+Defaults that differ from TRL's (on purpose, measured on this project's CPUs, see docs/TRAINING.md): float32 and no
 gradient checkpointing on CPU (TRL defaults to bf16 and checkpointing, 16x slower here); assistant-only loss
 and padding-free packing for SFT; ``logging_steps=1``; TensorBoard on.
 """
