@@ -4,7 +4,7 @@ Compared in the same run, each method in a fresh process (so its peak RSS is its
 
 - ours: :func:`medtune_core.recall.search_store` over float16 memory-mapped shards (faiss exact inner product,
   shard by shard, merged top-k, leakage guard included);
-- the original script's method: vectors read from JSONL (``{"id", "embedding": [...]}``) then, per question, cosine against
+- the original method: vectors read from JSONL (``{"id", "embedding": [...]}``) then, per question, cosine against
   every row and a sort in numpy. Too slow to run in full: it runs on a subsample of rows and the figures are
   extrapolated linearly (read time and memory by rows, search time by rows x questions), and the output says so;
 - ``sentence_transformers.util.semantic_search`` on the pool as one in-memory float32 tensor;
