@@ -1,6 +1,6 @@
 """Eval-driven recall's last stage: the ``eval-driven-recall`` flow with ``train_and_evaluate`` (SFT of the tiny
-model on the recalled and the control set, base / control / recalled evaluated on a benchmark subset, the comparison published),
-and ``medtune recall compare`` / ``evaluate`` on crafted and real result files."""
+model on the recalled and the control set, base / control / recalled evaluated on a benchmark subset,
+the comparison published), and ``medtune recall compare`` / ``evaluate`` on crafted and real result files."""
 
 from __future__ import annotations
 
