@@ -47,8 +47,10 @@ UI_RUN_STATE = {
 #: Statuses a client should retry (Prefect's client retries these too), and how many tries (~1 min of backoff).
 RETRYABLE = {429, 502, 503}
 RETRIES = 10
-#: Seconds without a heartbeat before medtune's automation marks a run Crashed (heartbeats every 30 s here).
-CRASH_AFTER_S = 50
+#: Seconds without a heartbeat before medtune's automation marks a run Crashed (heartbeats every 30 s here). Two
+#: missed beats and some slack: one heartbeat held up by a busy 2-core machine or a locked SQLite database (the
+#: server answers 503 to concurrent writes) must not crash a live training run.
+CRASH_AFTER_S = 80
 UI_RETRY = {"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": True}
 
 
