@@ -13,7 +13,7 @@ Compared in the same run, each method in a fresh process (so its peak RSS is its
 Then embedding overhead: our pipeline (stream the pool, split into text shards, encode, write float16 shards) vs the
 model's own ``encode`` on the same texts with the same batch size.
 
-    python bench/bench_recall.py [--rows 200000] [--questions 1000] [--seed-rows 20000] [--embed-texts 1000]
+    python -m bench.bench_recall [--rows 200000] [--questions 1000] [--seed-rows 20000] [--embed-texts 1000]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -31,20 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.memory import peak_mb, rss_mb
+
 DIM = 384
 TOP_K = 50
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _queries(n: int) -> np.ndarray:
@@ -85,19 +74,19 @@ def m_ours(store_root: str, nq: int) -> dict:
     from medtune_core.recall.store import VectorStore
 
     q = _queries(nq)
-    base = _rss_mb()
+    base = rss_mb()
     best = float("inf")
     for _ in range(2):  # best of 2, as for every in-memory method
         t = time.perf_counter()
         store = VectorStore(store_root)
         _, rows, _ = search_store(q, store, RecallConfig(top_k=TOP_K, similarity_threshold=0.0))
         best = min(best, time.perf_counter() - t)
-    return {"time_s": best, "peak_mb": _peak_mb() - base, "check": rows[:5, :5].tolist()}
+    return {"time_s": best, "peak_mb": peak_mb() - base, "check": rows[:5, :5].tolist()}
 
 
 def m_seed(jsonl: str, nq: int, rows_total: int) -> dict:
     q = _queries(nq)
-    base = _rss_mb()
+    base = rss_mb()
     t = time.perf_counter()
     ids, vecs = [], []
     with open(jsonl) as fh:
@@ -107,7 +96,7 @@ def m_seed(jsonl: str, nq: int, rows_total: int) -> dict:
             vecs.append(item["embedding"])
     matrix = np.array(vecs, dtype=np.float32)
     t_read = time.perf_counter() - t
-    peak = _peak_mb() - base
+    peak = peak_mb() - base
     norms = np.linalg.norm(matrix, axis=1)
     t = time.perf_counter()
     top = []
@@ -136,13 +125,13 @@ def m_semantic_search(store_root: str, nq: int) -> dict:
     store = VectorStore(store_root)
     corpus = torch.from_numpy(np.concatenate([np.asarray(v, np.float32) for _, _, v in store.iter_shards()]))
     q = torch.from_numpy(_queries(nq))
-    base = _rss_mb()
+    base = rss_mb()
     best = float("inf")
     for _ in range(2):
         t = time.perf_counter()
         util.semantic_search(q, corpus, top_k=TOP_K)
         best = min(best, time.perf_counter() - t)
-    return {"time_s": best, "peak_mb": _peak_mb() - base}
+    return {"time_s": best, "peak_mb": peak_mb() - base}
 
 
 def m_matmul(store_root: str, nq: int) -> dict:
@@ -151,14 +140,14 @@ def m_matmul(store_root: str, nq: int) -> dict:
     store = VectorStore(store_root)
     pool = np.concatenate([np.asarray(v, np.float32) for _, _, v in store.iter_shards()])
     q = _queries(nq)
-    base = _rss_mb()
+    base = rss_mb()
     best = float("inf")
     for _ in range(2):
         t = time.perf_counter()
         s = q @ pool.T
         best = min(best, time.perf_counter() - t)
         del s
-    return {"time_s": best, "peak_mb": _peak_mb() - base}
+    return {"time_s": best, "peak_mb": peak_mb() - base}
 
 
 def m_embed(texts_file: str, n_texts: int, batch_size: int, repeats: int) -> dict:

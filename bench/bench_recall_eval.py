@@ -12,28 +12,17 @@ with the same model and batch size:
 Printed: seconds per question, peak memory above the loaded model (MB), the ratios against the baseline, and whether
 the letter predictions agree with the baseline's.
 
-    python bench/bench_recall_eval.py [--model embedded:smollm2-135m-instruct] [--questions 40] [--batch-size 8]
+    python -m bench.bench_recall_eval [--model embedded:smollm2-135m-instruct] [--questions 40] [--batch-size 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
 from typing import Any
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from bench.memory import peak_mb, rss_mb
 
 
 def _questions(n: int) -> list[Any]:
@@ -89,7 +78,7 @@ def measure(method: str, model: str, n: int, batch_size: int, out: Any) -> None:
 
     questions = _questions(n)
     lm = HFCausalLM(model, batch_size=batch_size)
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
     start = time.perf_counter()
     if method == "baseline":
         preds = _baseline(lm, questions, batch_size)
@@ -97,7 +86,7 @@ def measure(method: str, model: str, n: int, batch_size: int, out: Any) -> None:
         res = evaluate_loglikelihood(questions, lm, continuation="text" if method == "text" else "letter")
         preds = [r.pred for r in res.results]
     seconds = time.perf_counter() - start
-    out.put({"method": method, "s_per_q": seconds / len(questions), "peak_mb": _peak_mb() - base_rss, "preds": preds})
+    out.put({"method": method, "s_per_q": seconds / len(questions), "peak_mb": peak_mb() - base_rss, "preds": preds})
 
 
 def run(method: str, model: str, n: int, batch_size: int) -> dict[str, Any]:

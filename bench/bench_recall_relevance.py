@@ -15,7 +15,7 @@ taken by the 10 most-recalled rows (a few generic rows answering everything is w
 - after: ngram-hash with the pool's n-gram IDF (``(1 + log tf) * idf`` per n-gram), per-row cap 10 (the defaults
   now).
 
-    python bench/bench_recall_relevance.py [--top-k 5]
+    python -m bench.bench_recall_relevance [--top-k 5]
 """
 
 from __future__ import annotations
