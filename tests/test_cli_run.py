@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _medtune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.cli_process import run_medtune
 
 
 def test_run_prints_json_last_line_and_writes_outputs(tmp_path: Path) -> None:
@@ -29,7 +14,7 @@ def test_run_prints_json_last_line_and_writes_outputs(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"inputs: [{src}]\nchat_format: sharegpt\n", encoding="utf-8")
     out = tmp_path / "out"
-    result = _medtune("run", "prepare-data", "--config", str(recipe), "--set", f"output_dir={out}", cwd=tmp_path)
+    result = run_medtune("run", "prepare-data", "--config", str(recipe), "--set", f"output_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["flow"] == "prepare-data" and summary["state"] == "COMPLETED"
@@ -45,17 +30,17 @@ def test_run_prints_json_last_line_and_writes_outputs(tmp_path: Path) -> None:
 
 
 def test_run_rejects_bad_parameters_before_running(tmp_path: Path) -> None:
-    result = _medtune("run", "prepare-data", "--set", "policy=sometimes", cwd=tmp_path)
+    result = run_medtune("run", "prepare-data", "--set", "policy=sometimes", cwd=tmp_path)
     assert result.returncode == 2
     assert "policy: Input should be 'strict' or 'skip'" in result.stderr
-    result = _medtune("run", "no-such-flow", cwd=tmp_path)
+    result = run_medtune("run", "no-such-flow", cwd=tmp_path)
     assert result.returncode == 2 and "unknown flow 'no-such-flow'" in result.stderr
 
 
 def test_a_failed_run_exits_1_with_the_summary_line(tmp_path: Path) -> None:
     src = tmp_path / "bad.jsonl"
     src.write_text('{"conversations": [{"from": "human"}]}\n', encoding="utf-8")
-    result = _medtune(
+    result = run_medtune(
         "run", "prepare-data", "--set", f"inputs=[{src}]", "--set", f"output_dir={tmp_path / 'o'}", cwd=tmp_path
     )
     assert result.returncode == 1, result.stderr[-3000:]

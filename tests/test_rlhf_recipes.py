@@ -6,9 +6,6 @@ recipe + ``--set`` parsing in this process, under the Prefect test harness."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import yaml
 from flows.params import build_params
 from flows.registry import load_flow
 from flows.rlhf_training import RECIPES, RLHFTrainingParams, StageSpec
+from tests.cli_process import run_medtune
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_STAGE = {
@@ -97,18 +95,6 @@ def _artifact(flow_run_id: Any, key: str) -> str:
             time.sleep(0.5)
 
 
-def _medtune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_sft_rm_rloo_through_medtune_run_then_rloo_with_that_reward_model_by_path(
     prefect_harness: None, tmp_path: Path
 ) -> None:
@@ -117,7 +103,7 @@ def test_sft_rm_rloo_through_medtune_run_then_rloo_with_that_reward_model_by_pat
     args = ["run", "rlhf-training", "--config", str(recipe)]
     for pair in tiny_overrides(recipe, out):
         args += ["--set", pair]
-    result = _medtune(*args, cwd=tmp_path)
+    result = run_medtune(*args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["state"] == "COMPLETED"
